@@ -1,0 +1,117 @@
+"""The ``robust-hub`` command: pretrain, eval, convert, inspect, push."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Callable, Sequence
+
+from robust_hub.errors import RobustHubError
+from robust_hub.hub_push import add_push_arguments, run_push_command
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def add_pretrain_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="YAML run config (configs/*.yaml); defaults are the paper's ACL setting")
+    parser.add_argument("--resume", nargs="?", const="latest", default=None, metavar="CHECKPOINT",
+                        help="continue from a checkpoint dir, or the latest one in train.output_dir")
+    parser.add_argument("overrides", nargs="*", metavar="section.key=value",
+                        help="config overrides, e.g. train.epochs=10 data.source=uoft-cs/cifar10")
+
+
+def run_pretrain_command(args: argparse.Namespace) -> int:
+    from robust_hub.config import load_config
+    from robust_hub.training.loop import pretrain
+
+    config = load_config(args.config, args.overrides)
+    result = pretrain(config, resume=args.resume)
+    if result.stopped_by_signal:
+        print(f"interrupted: checkpoint written to {result.checkpoint}; continue with --resume", file=sys.stderr)
+        return 128 + result.stopped_by_signal
+    from accelerate import PartialState
+
+    if PartialState().is_main_process:
+        print(f"model written to {result.model_dir}")
+    return 0
+
+
+def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", help="reference-code .pt checkpoint (read with weights_only=True)")
+    parser.add_argument("output", help="directory to write the Hugging Face model to")
+    parser.add_argument("--arch", default="robust_resnet18", help="architecture of the checkpoint")
+
+
+def run_convert_command(args: argparse.Namespace) -> int:
+    from robust_hub.models.convert import convert_reference_checkpoint
+
+    model = convert_reference_checkpoint(args.checkpoint, arch=args.arch)
+    model.save_pretrained(args.output, metadata={"converted_from": str(args.checkpoint)})
+    print(f"model written to {args.output}")
+    return 0
+
+
+def add_inspect_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="model directory or Hub id")
+    parser.add_argument("--revision", default=None)
+
+
+def run_inspect_command(args: argparse.Namespace) -> int:
+    import json
+
+    from robust_hub.models.hub import from_pretrained
+
+    model = from_pretrained(args.model, revision=args.revision)
+    info = {"architecture": model.pretrained_cfg.get("architecture"), "num_features": model.num_features,
+            "parameters": sum(p.numel() for p in model.parameters()), "dual_bn": model.dual_bn,
+            "default_route": model.default_route, "model_args": model.model_args}
+    print(json.dumps(info, indent=2))
+    return 0
+
+
+def _commands() -> dict[str, tuple[str, Callable, Callable]]:
+    commands = {
+        "pretrain": ("pre-train a backbone (single process; use `accelerate launch trainers/pretrain.py` for more)",
+                     add_pretrain_arguments, run_pretrain_command),
+        "convert": ("convert a reference-code .pt checkpoint to the Hugging Face format",
+                    add_convert_arguments, run_convert_command),
+        "inspect": ("print what a saved backbone is", add_inspect_arguments, run_inspect_command),
+        "push": ("upload a saved backbone to the Hugging Face Hub", add_push_arguments, run_push_command),
+    }
+    try:
+        from robust_hub.evaluation.cli import add_eval_arguments, run_eval_command
+    except ImportError:  # the evaluation suite is optional at import time only while it is being built
+        return commands
+    commands["eval"] = ("evaluate any backbone: SLF/ALF/AFF, clean, PGD-20, AutoAttack, CIFAR-10-C",
+                        add_eval_arguments, run_eval_command)
+    return commands
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="robust-hub", description="Adversarially robust self-supervised pre-training")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (help_text, add_arguments, run) in _commands().items():
+        command = sub.add_parser(name, help=help_text, description=help_text)
+        add_arguments(command)
+        command.set_defaults(run=run)
+    return parser
+
+
+def run_with_errors(run: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """Run a command; a RobustHubError becomes one ``error:`` line and exit status 2."""
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    try:
+        return run(args)
+    except RobustHubError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_with_errors(args.run, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,204 @@
+"""Typed, validated run configuration: YAML file + ``section.key=value`` overrides.
+
+Every key must be known (a typo is an error, never a silent default), every value is checked
+for type and range in one place, and the result is frozen and written beside the outputs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from robust_hub.errors import RobustHubError
+
+FRACTION = re.compile(r"^\s*(\d+(?:\.\d*)?)\s*/\s*(\d+(?:\.\d*)?)\s*$")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: str = "embedded:digits"
+    split: str = "train"
+    image_size: int = 32
+    val_fraction: float = 0.01  # seeded held-out split, kept out of training (RCS uses it)
+    cache_dir: str | None = None
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    arch: str = "robust_resnet18"
+    dual_bn: bool = True
+    proj_layers: int = 3
+    options: dict[str, Any] = field(default_factory=dict)  # further backbone arguments
+
+
+@dataclass(frozen=True)
+class AttackConfig:
+    eps: float = 8 / 255
+    alpha: float = 2 / 255
+    steps: int = 5
+    random_start: bool = True
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    name: str = "acl"
+    temperature: float = 0.5
+    strength: float = 1.0  # SimCLR augmentation strength s
+    adv_weight: float = 0.0  # w in ((1-w) L_nat + (1+w) L_adv) / 2; 0 for ACL
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 1000
+    batch_size: int = 512  # global: split across processes
+    lr: float = 5.0
+    momentum: float = 0.9
+    weight_decay: float = 1e-6
+    trust_coefficient: float = 1e-3
+    warmup_epochs: float = 10
+    seed: int = 1
+    output_dir: str = "outputs/acl"
+    checkpoint_every: int = 50  # epochs; 0 keeps only the final and on-signal checkpoints
+    keep_checkpoints: int = 2
+    mixed_precision: str | None = None  # None: whatever `accelerate launch` was told
+    log_every: int = 10  # steps
+    max_steps_per_epoch: int | None = None  # cut epochs short, for smoke runs
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    attack: AttackConfig = field(default_factory=AttackConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+SECTIONS: dict[str, type] = typing.get_type_hints(RunConfig)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Read ``path`` (YAML), apply ``section.key=value`` overrides, validate, freeze."""
+    raw = _read_yaml(path) if path else {}
+    for item in overrides:
+        _apply_override(raw, item)
+    config = from_dict(raw)
+    validate(config)
+    return config
+
+
+def _read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise RobustHubError(f"config file {path} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as error:
+        raise RobustHubError(f"config file {path} is not valid YAML: {str(error).splitlines()[0]}") from None
+    if not isinstance(raw, dict):
+        raise RobustHubError(f"config file {path} must hold a mapping of sections")
+    return raw
+
+
+def _apply_override(raw: dict[str, Any], item: str) -> None:
+    if "=" not in item or "." not in item.split("=", 1)[0]:
+        raise RobustHubError(f"override {item!r} must look like section.key=value (e.g. train.epochs=10)")
+    dotted, value = item.split("=", 1)
+    section, key = dotted.split(".", 1)
+    target = raw.setdefault(section, {})
+    if not isinstance(target, dict):
+        raise RobustHubError(f"config section {section!r} must be a mapping")
+    target[key] = yaml.safe_load(value) if value.strip() else None
+
+
+def from_dict(raw: dict[str, Any]) -> RunConfig:
+    unknown = set(raw) - set(SECTIONS)
+    if unknown:
+        raise RobustHubError(f"unknown config section(s) {sorted(unknown)}; known: {sorted(SECTIONS)}")
+    sections = {}
+    for name, cls in SECTIONS.items():
+        values = raw.get(name) or {}
+        if not isinstance(values, dict):
+            raise RobustHubError(f"config section {name!r} must be a mapping")
+        sections[name] = _build_section(name, cls, values)
+    return RunConfig(**sections)
+
+
+def _build_section(name: str, cls: type, values: dict[str, Any]) -> Any:
+    hints = typing.get_type_hints(cls)
+    unknown = set(values) - set(hints)
+    if unknown:
+        raise RobustHubError(f"unknown key(s) {sorted(unknown)} in config section {name!r}; known: {sorted(hints)}")
+    coerced = {key: _coerce(f"{name}.{key}", value, hints[key]) for key, value in values.items()}
+    return cls(**coerced)
+
+
+def _coerce(key: str, value: Any, hint: Any) -> Any:
+    """Check ``value`` against the field's type; accepts 8/255-style fractions for floats."""
+    args = typing.get_args(hint)
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        if value is None and type(None) in args:
+            return None
+        hint = next(a for a in args if a is not type(None))
+    if hint is float:
+        if isinstance(value, str) and FRACTION.match(value):
+            num, den = FRACTION.match(value).groups()
+            value = float(num) / float(den)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif hint is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    elif hint is bool and isinstance(value, bool):
+        return value
+    elif hint is str and isinstance(value, str):
+        return value
+    elif typing.get_origin(hint) is dict and isinstance(value, dict):
+        return value
+    expected = getattr(hint, "__name__", str(hint))
+    raise RobustHubError(f"config value {key}={value!r} should be of type {expected}")
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise RobustHubError(f"invalid config: {message}")
+
+
+def validate(config: RunConfig) -> None:
+    from robust_hub.training.methods import METHODS
+
+    d, m, a, me, t = config.data, config.model, config.attack, config.method, config.train
+    _check(d.image_size >= 8, f"data.image_size must be >= 8, got {d.image_size}")
+    _check(0 <= d.val_fraction < 0.5, f"data.val_fraction must be in [0, 0.5), got {d.val_fraction}")
+    _check(m.proj_layers in (2, 3), f"model.proj_layers must be 2 or 3, got {m.proj_layers}")
+    _check(0 <= a.eps <= 1, f"attack.eps must be in [0, 1] (pixel units), got {a.eps}")
+    _check(0 <= a.alpha <= 1, f"attack.alpha must be in [0, 1], got {a.alpha}")
+    _check(a.steps >= 0, f"attack.steps must be >= 0, got {a.steps}")
+    _check(me.name in METHODS, f"method.name must be one of {sorted(METHODS)}, got {me.name!r}")
+    _check(me.temperature > 0, f"method.temperature must be > 0, got {me.temperature}")
+    _check(0 <= me.strength <= 1, f"method.strength must be in [0, 1], got {me.strength}")
+    _check(-1 <= me.adv_weight <= 1, f"method.adv_weight must be in [-1, 1], got {me.adv_weight}")
+    _check(t.epochs >= 1, f"train.epochs must be >= 1, got {t.epochs}")
+    _check(t.batch_size >= 2, f"train.batch_size must be >= 2 (contrastive pairs), got {t.batch_size}")
+    _check(t.lr > 0, f"train.lr must be > 0, got {t.lr}")
+    _check(0 <= t.momentum < 1, f"train.momentum must be in [0, 1), got {t.momentum}")
+    _check(t.weight_decay >= 0, f"train.weight_decay must be >= 0, got {t.weight_decay}")
+    _check(t.trust_coefficient > 0, f"train.trust_coefficient must be > 0, got {t.trust_coefficient}")
+    _check(0 <= t.warmup_epochs < t.epochs, f"train.warmup_epochs must be in [0, epochs), got {t.warmup_epochs}")
+    _check(t.checkpoint_every >= 0, f"train.checkpoint_every must be >= 0, got {t.checkpoint_every}")
+    _check(t.keep_checkpoints >= 1, f"train.keep_checkpoints must be >= 1, got {t.keep_checkpoints}")
+    _check(t.mixed_precision in (None, "no", "fp16", "bf16"), f"train.mixed_precision must be no, fp16 or bf16, got {t.mixed_precision!r}")
+    _check(t.log_every >= 1, f"train.log_every must be >= 1, got {t.log_every}")
+    _check(t.max_steps_per_epoch is None or t.max_steps_per_epoch >= 1, "train.max_steps_per_epoch must be >= 1")

@@ -1,0 +1,475 @@
+"""``evaluate``: finetune a backbone with each protocol and measure clean, PGD-20, AutoAttack and
+CIFAR-10-C accuracy, writing one validated JSON record per (model, revision, protocol, dataset,
+metric set) and resuming from whatever an earlier run left in ``out_dir``.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from robust_hub.errors import RobustHubError
+from robust_hub.evaluation.attacks import PGDConfig, margin_input_gradient_norms, parse_norm, pgd
+from robust_hub.evaluation.autoattack_runner import MASKED_GRADIENT_THRESHOLD, autoattack_version, run_autoattack
+from robust_hub.evaluation.corruptions import corruption_accuracy, generate_corruption_set, load_cifar10c
+from robust_hub.evaluation.loading import EvalBackbone, load_backbone
+from robust_hub.evaluation.protocols import (PROTOCOLS, Classifier, ProtocolConfig, default_protocol_config, finetune,
+                                             with_overrides)
+from robust_hub.evaluation.records import (METRIC_NAMES, SCHEMA_VERSION, DatasetSection, EvalRecord, ModelSection,
+                                           ProtocolSection, ThreatSection, find_record, record_filename, record_key,
+                                           write_record)
+
+DATASET_ALIASES = {
+    "cifar10": ("uoft-cs/cifar10", {}),
+    "cifar100": ("uoft-cs/cifar100", {"label_column": "fine_label"}),
+    "stl10": ("tanganke/stl10", {"image_size": 32}),
+}
+DEFAULT_METRICS = ("clean", "pgd20", "autoattack")
+
+
+@dataclass
+class SplitData:
+    """A labelled split as uint8 ``[N,3,H,W]`` images and int64 labels, with its provenance."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    num_classes: int
+    source: str
+    split: str
+    fingerprint: str
+
+    @classmethod
+    def from_dataset(cls, ds: Any, split: str | None = None) -> "SplitData":
+        """From an ``ImageDataset`` of the data layer, or anything with ``images`` and ``labels``."""
+        images, labels = torch.as_tensor(ds.images), torch.as_tensor(ds.labels).long()
+        if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 3:
+            raise RobustHubError("dataset images must be uint8 [N, 3, H, W]")
+        if len(images) != len(labels):
+            raise RobustHubError("dataset images and labels differ in length")
+        fp = getattr(ds, "fingerprint", None) or _sha(images, labels)
+        num_classes = getattr(ds, "num_classes", None) or int(labels.max()) + 1
+        return cls(images, labels, int(num_classes), str(getattr(ds, "source", "in-memory")),
+                   split or str(getattr(ds, "split", "unknown")), str(fp))
+
+    def head(self, n: int | None) -> "SplitData":
+        if n is None or n >= len(self.images):
+            return self
+        return SplitData(self.images[:n], self.labels[:n], self.num_classes, self.source, self.split, self.fingerprint)
+
+
+def _sha(*tensors: torch.Tensor) -> str:
+    h = hashlib.sha256()
+    for t in tensors:
+        h.update(t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def load_split(dataset: str, split: str) -> SplitData:
+    """Load ``split`` of a dataset name (cifar10, cifar100, stl10) or any source the data layer reads."""
+    source, kwargs = DATASET_ALIASES.get(dataset.lower(), (dataset, {}))
+    try:
+        from robust_hub.data import load_image_dataset  # type: ignore[attr-defined]
+    except ImportError as exc:
+        raise RobustHubError("this robust-hub install has no data layer (robust_hub.data.load_image_dataset)") from exc
+    return SplitData.from_dataset(load_image_dataset(source, split=split, **kwargs), split)
+
+
+def _versions() -> dict:
+    import robust_hub
+
+    out = {"python": platform.python_version(), "torch": torch.__version__, "robust_hub": robust_hub.__version__,
+           "autoattack": autoattack_version()}
+    for name in ("timm", "transformers", "torchvision", "numpy"):
+        try:
+            out[name] = __import__(name).__version__
+        except ImportError:
+            out[name] = "unavailable"
+    return out
+
+
+def _hardware(device: torch.device) -> dict:
+    hw = {"platform": platform.platform(), "machine": platform.machine(), "cpu_count": os.cpu_count(),
+          "torch_threads": torch.get_num_threads(), "device": str(device)}
+    if device.type == "cuda":
+        hw["gpu"] = torch.cuda.get_device_name(device)
+    return hw
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, data: SplitData, *, batch_size: int = 256, device="cpu") -> float:
+    """Clean top-1 accuracy of ``model`` ([0,1] images -> logits) on ``data``."""
+    model.eval()
+    correct = 0
+    for i in range(0, len(data.images), batch_size):
+        x = data.images[i:i + batch_size].float().div(255).to(device)
+        correct += (model(x).argmax(1).cpu() == data.labels[i:i + batch_size]).sum().item()
+    return correct / len(data.images)
+
+
+def pgd_accuracy(model: nn.Module, data: SplitData, attack: PGDConfig, *, seed: int = 0, batch_size: int = 256,
+                 device="cpu", progress: bool = True) -> float:
+    """Accuracy under ``attack`` (PGD-20 by default in :func:`evaluate`), seeded."""
+    model.eval()
+    torch.manual_seed(seed)
+    correct = 0
+    batches = range(0, len(data.images), batch_size)
+    for i in tqdm(batches, desc=f"PGD-{attack.steps} eps={attack.eps:.4g}", disable=not progress, leave=False):
+        x = data.images[i:i + batch_size].float().div(255).to(device)
+        y = data.labels[i:i + batch_size].to(device)
+        x_adv = pgd(model, x, y, attack)
+        with torch.no_grad():
+            correct += (model(x_adv).argmax(1) == y).sum().item()
+    return correct / len(data.images)
+
+
+def masked_gradient_fraction(model: nn.Module, data: SplitData, *, n: int = 256, device="cpu") -> float:
+    """Fraction of correctly classified images (of the first ``n``) whose logit margin has no input gradient."""
+    x = data.images[:n].float().div(255).to(device)
+    y = data.labels[:n].to(device)
+    with torch.no_grad():
+        ok = model(x).argmax(1) == y
+    if not ok.any():
+        return 0.0
+    return (margin_input_gradient_norms(model, x[ok], y[ok]) <= 1e-12).float().mean().item()
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    """Everything :func:`evaluate` needs besides the model and the protocol list."""
+
+    metrics: tuple[str, ...]
+    norm: str
+    eps: float
+    seed: int
+    n_train: int | None
+    n_test: int | None
+    n_autoattack: int | None
+    eps_curve: tuple[float, ...]
+    eps_curve_attack: str
+    c10c_dir: str | None
+    c10c_generate: bool
+    c10c_n_per_severity: int | None
+    autoattack_version: str
+    autoattack_chunk_size: int
+    batch_size: int
+    device: torch.device
+    progress: bool
+
+
+def _parse_metrics(metrics: Sequence[str] | str | None, c10c: bool) -> tuple[str, ...]:
+    if metrics is None:
+        metrics = DEFAULT_METRICS + (("c10c",) if c10c else ())
+    if isinstance(metrics, str):
+        metrics = [m.strip() for m in metrics.split(",") if m.strip()]
+    unknown = sorted(set(metrics) - set(METRIC_NAMES))
+    if unknown or not metrics:
+        raise RobustHubError(f"unknown metrics {', '.join(unknown) or '(none given)'}; choose from {', '.join(METRIC_NAMES)}")
+    return tuple(m for m in METRIC_NAMES if m in metrics)
+
+
+def _parse_protocols(protocols: Sequence[str] | str) -> list[str]:
+    if isinstance(protocols, str):
+        protocols = [p.strip() for p in protocols.split(",") if p.strip()]
+    names = [p.lower() for p in protocols]
+    bad = [p for p in names if p not in PROTOCOLS]
+    if bad or not names:
+        raise RobustHubError(f"unknown protocols {', '.join(bad) or '(none given)'}; choose from {', '.join(PROTOCOLS)}")
+    return list(dict.fromkeys(names))
+
+
+def _resolve_device(device: str | torch.device | None) -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _protocol_configs(names, dataset_name: str, opts: EvalOptions, overrides: dict | None) -> list[ProtocolConfig]:
+    overrides = dict(overrides or {})
+    configs = []
+    for name in names:
+        cfg = default_protocol_config(name, dataset_name, eps=opts.eps, norm=opts.norm)
+        general = {k: v for k, v in overrides.items() if "." not in k or k.startswith("train_attack.")}
+        specific = {k.split(".", 1)[1]: v for k, v in overrides.items() if k.startswith(f"{name}.")}
+        if cfg.train_attack is None:
+            general = {k: v for k, v in general.items() if not k.startswith("train_attack.")}
+        configs.append(with_overrides(cfg, {**general, **specific}))
+    unknown = [k for k in overrides if "." in k and k.split(".", 1)[0] not in (*PROTOCOLS, "train_attack")]
+    if unknown:
+        raise RobustHubError(f"unknown protocol override {unknown[0]!r}; use KEY=VALUE or PROTOCOL.KEY=VALUE")
+    return configs
+
+
+def evaluate(
+    model: str | os.PathLike | nn.Module,
+    *,
+    protocols: Sequence[str] | str = PROTOCOLS,
+    dataset: str | tuple[Any, Any] = "cifar10",
+    out_dir: str | os.PathLike = "eval_results",
+    revision: str | None = None,
+    allow_pickle: bool = False,
+    metrics: Sequence[str] | str | None = None,
+    norm: str = "linf",
+    eps: float = 8 / 255,
+    eps_curve: Sequence[float] = (),
+    eps_curve_attack: str = "pgd20",
+    seed: int = 0,
+    train_split: str = "train",
+    test_split: str = "test",
+    n_train: int | None = None,
+    n_test: int | None = None,
+    n_autoattack: int | None = None,
+    protocol_overrides: dict | None = None,
+    c10c_dir: str | os.PathLike | None = None,
+    c10c_generate: bool = False,
+    c10c_n_per_severity: int | None = None,
+    autoattack_version: str = "standard",
+    autoattack_chunk_size: int = 1000,
+    batch_size: int = 256,
+    device: str | torch.device | None = "auto",
+    progress: bool = True,
+    print_table: bool = True,
+) -> list[dict]:
+    """Evaluate ``model`` under each protocol on ``dataset``; returns the records (as dicts).
+
+    ``dataset`` is a name (cifar10, cifar100, stl10), any source the data layer loads, or a
+    ``(train, test)`` pair of datasets with ``images`` (uint8 NCHW) and ``labels``.
+    ``protocol_overrides`` maps ``KEY`` or ``PROTOCOL.KEY`` (e.g. ``"slf.epochs"``,
+    ``"train_attack.steps"``) to values. Records already in ``out_dir`` are reused, not recomputed.
+    """
+    t_start = time.perf_counter()
+    names = _parse_protocols(protocols)
+    if c10c_dir is not None and c10c_generate:
+        raise RobustHubError("give either a CIFAR-10-C directory or --c10c-generate, not both")
+    if eps_curve_attack not in ("pgd20", "autoattack"):
+        raise RobustHubError("eps_curve_attack must be pgd20 or autoattack")
+    opts = EvalOptions(_parse_metrics(metrics, c10c_dir is not None or c10c_generate), parse_norm(norm), float(eps),
+                       int(seed), n_train, n_test, n_autoattack, tuple(float(e) for e in eps_curve), eps_curve_attack,
+                       None if c10c_dir is None else str(c10c_dir), bool(c10c_generate), c10c_n_per_severity,
+                       autoattack_version, autoattack_chunk_size, batch_size, _resolve_device(device), progress)
+    if opts.eps < 0 or any(e < 0 for e in opts.eps_curve):
+        raise RobustHubError("eps must be non-negative")
+    if "c10c" in opts.metrics and opts.c10c_dir is None and not opts.c10c_generate:
+        raise RobustHubError("the c10c metric needs --c10c-dir (official CIFAR-10-C files) or --c10c-generate")
+    dataset_name = dataset.lower() if isinstance(dataset, str) else "custom"
+    configs = _protocol_configs(names, dataset_name, opts, protocol_overrides)
+
+    t0 = time.perf_counter()
+    backbone = load_backbone(model, revision=revision, allow_pickle=allow_pickle)
+    if isinstance(dataset, str):
+        train, test = load_split(dataset, train_split), load_split(dataset, test_split)
+    else:
+        train, test = SplitData.from_dataset(dataset[0], train_split), SplitData.from_dataset(dataset[1], test_split)
+    train, test = train.head(opts.n_train), test.head(opts.n_test)
+    num_classes = max(train.num_classes, test.num_classes)
+    load_time = time.perf_counter() - t0
+
+    out = Path(out_dir)
+    records = []
+    for cfg in tqdm(configs, desc="protocols", disable=not progress):
+        records.append(_evaluate_protocol(backbone, cfg, train, test, num_classes, opts, out, load_time).to_dict())
+    if print_table:
+        print(format_table(records))
+    if progress:
+        print(f"{len(records)} record(s) in {out} ({time.perf_counter() - t_start:.1f} s)")
+    return records
+
+
+def _settings_hash(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _evaluate_protocol(backbone: EvalBackbone, cfg: ProtocolConfig, train: SplitData, test: SplitData, num_classes: int,
+                       opts: EvalOptions, out: Path, load_time: float) -> EvalRecord:
+    info = backbone.info
+    key = record_key(info.id, info.revision, cfg.name, test.source, list(opts.metrics), opts.norm, opts.eps)
+    settings = {**cfg.to_dict(), "eval": _eval_settings(opts)}
+    dataset = DatasetSection(test.source, test.split, test.fingerprint, num_classes, train.split, train.fingerprint,
+                             len(train.images), len(test.images))
+    seeds = {"finetune": opts.seed, "attack": opts.seed}
+    existing = find_record(out, key)
+    if existing is not None:
+        if existing.protocol.settings != json.loads(json.dumps(settings)) or existing.dataset != dataset or existing.seeds != seeds:
+            raise RobustHubError(f"{out / record_filename(key)} holds a result for this model, protocol, dataset and "
+                                 "metrics made with other settings; use another --out or delete that file")
+        return existing
+
+    state_dir = out / "state"
+    stem = Path(record_filename(key)).stem + "_" + _settings_hash(settings, dataset.train_fingerprint, seeds)
+    walls: dict[str, float] = {"load": load_time}
+    classifier, walls["finetune"] = _finetuned(backbone, cfg, train, num_classes, opts, state_dir / f"{stem}.classifier.safetensors")
+    metrics, flags = _measure(classifier, test, opts, state_dir, stem, walls)
+    walls["total"] = sum(walls.values())
+    record = EvalRecord(
+        schema_version=SCHEMA_VERSION,
+        model=ModelSection(**info.to_dict()),
+        protocol=ProtocolSection(cfg.name, settings),
+        dataset=dataset,
+        metric_set=list(opts.metrics),
+        threat=ThreatSection(opts.norm, opts.eps),
+        metrics=metrics,
+        seeds=seeds,
+        versions=_versions(),
+        hardware=_hardware(opts.device),
+        wall_time_s={k: round(v, 3) for k, v in walls.items()},
+        flags=sorted(set(flags) | set(info.flags)),
+        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )
+    record = json.loads(json.dumps(record.to_dict()))  # normalise tuples etc. exactly as stored
+    record = EvalRecord.from_dict(record)
+    write_record(record, out)
+    return record
+
+
+def _eval_settings(opts: EvalOptions) -> dict:
+    return {"pgd20": {"steps": 20, "alpha": opts.eps / 4, "random_start": True}, "autoattack_version": opts.autoattack_version,
+            "n_autoattack": opts.n_autoattack, "eps_curve": list(opts.eps_curve), "eps_curve_attack": opts.eps_curve_attack,
+            "c10c_dir": opts.c10c_dir, "c10c_generate": opts.c10c_generate,
+            "c10c_n_per_severity": opts.c10c_n_per_severity}
+
+
+def _finetuned(backbone, cfg, train, num_classes, opts, ckpt: Path) -> tuple[Classifier, float]:
+    from safetensors.torch import load_file, save_file
+
+    t0 = time.perf_counter()
+    if ckpt.exists():
+        classifier = Classifier(copy.deepcopy(backbone), backbone.num_features, num_classes)
+        try:
+            classifier.load_state_dict(load_file(str(ckpt)))
+        except Exception as exc:  # safetensors and load_state_dict raise several types for a bad file
+            raise RobustHubError(f"cannot resume from {ckpt} ({exc}); delete it to finetune again") from exc
+        return classifier.to(opts.device).eval(), 0.0
+    classifier = finetune(backbone, backbone.num_features, train.images, train.labels, num_classes, cfg,
+                          seed=opts.seed, device=opts.device, progress=opts.progress)
+    ckpt.parent.mkdir(parents=True, exist_ok=True)
+    tmp = ckpt.with_suffix(".tmp")
+    save_file({k: v.detach().cpu().contiguous() for k, v in classifier.state_dict().items()}, str(tmp))
+    os.replace(tmp, ckpt)
+    return classifier, time.perf_counter() - t0
+
+
+def _measure(classifier: Classifier, test: SplitData, opts: EvalOptions, state_dir: Path, stem: str,
+             walls: dict) -> tuple[dict, list[str]]:
+    metrics: dict[str, Any] = {}
+    flags: list[str] = []
+    untrusted: dict[str, Any] = {}
+    dev, bs = opts.device, opts.batch_size
+
+    t0 = time.perf_counter()
+    masked = masked_gradient_fraction(classifier, test, device=dev)
+    metrics["masked_gradient_fraction"] = masked
+    if masked > MASKED_GRADIENT_THRESHOLD:
+        flags += ["masked_gradients"]
+    if "clean" in opts.metrics:
+        metrics["clean_acc"] = accuracy(classifier, test, batch_size=bs, device=dev)
+    walls["clean"] = time.perf_counter() - t0
+
+    pgd20 = PGDConfig(eps=opts.eps, alpha=opts.eps / 4, steps=20, norm=opts.norm, random_start=True)
+    if "pgd20" in opts.metrics:
+        t0 = time.perf_counter()
+        metrics["pgd20_acc"] = pgd_accuracy(classifier, test, pgd20, seed=opts.seed, batch_size=bs, device=dev,
+                                            progress=opts.progress)
+        walls["pgd20"] = time.perf_counter() - t0
+
+    aa_data = test.head(opts.n_autoattack)
+    if "autoattack" in opts.metrics:
+        t0 = time.perf_counter()
+        res = _autoattack(classifier, aa_data, opts, opts.eps, state_dir / f"{stem}.autoattack.json")
+        metrics["autoattack_acc"] = res.robust_acc
+        metrics["autoattack_n"] = res.n
+        metrics["autoattack_messages"] = res.messages
+        flags += res.flags
+        if len(aa_data.images) < len(test.images):
+            flags.append("autoattack_subset")
+        walls["autoattack"] = time.perf_counter() - t0
+
+    if opts.eps_curve:
+        t0 = time.perf_counter()
+        curve = {}
+        for e in opts.eps_curve:
+            if opts.eps_curve_attack == "pgd20":
+                cfg = PGDConfig(eps=e, alpha=e / 4, steps=20, norm=opts.norm, random_start=True)
+                curve[f"{e:.8g}"] = pgd_accuracy(classifier, test, cfg, seed=opts.seed, batch_size=bs, device=dev,
+                                                 progress=opts.progress)
+            else:
+                res = _autoattack(classifier, aa_data, opts, e, state_dir / f"{stem}.autoattack-eps{e:.6g}.json")
+                curve[f"{e:.8g}"] = res.robust_acc
+                flags += res.flags
+        metrics["eps_curve"] = {opts.eps_curve_attack: curve}
+        walls["eps_curve"] = time.perf_counter() - t0
+
+    if "c10c" in opts.metrics:
+        t0 = time.perf_counter()
+        metrics["c10c"] = _c10c(classifier, test, opts)
+        if metrics["c10c"]["generated"]:
+            flags.append("generated_corruptions")
+        walls["c10c"] = time.perf_counter() - t0
+
+    if "masked_gradients" in flags:
+        flags.append("robust_acc_withheld")
+        for k in ("pgd20_acc", "autoattack_acc"):
+            if k in metrics:
+                untrusted[k], metrics[k] = metrics[k], None
+        if "eps_curve" in metrics:
+            untrusted["eps_curve"], metrics["eps_curve"] = metrics["eps_curve"], None
+        metrics["untrusted"] = untrusted
+    return metrics, sorted(set(flags))
+
+
+def _autoattack(classifier, data: SplitData, opts: EvalOptions, eps: float, state_path: Path):
+    state_path.parent.mkdir(parents=True, exist_ok=True)
+    return run_autoattack(classifier, data.images.float().div(255), data.labels, eps=eps, norm=opts.norm,
+                          seed=opts.seed, version=opts.autoattack_version, batch_size=opts.batch_size,
+                          chunk_size=opts.autoattack_chunk_size, state_path=state_path, device=opts.device,
+                          progress=opts.progress)
+
+
+def _c10c(classifier, test: SplitData, opts: EvalOptions) -> dict:
+    if opts.c10c_generate:
+        cset = generate_corruption_set(test.images, test.labels, seed=opts.seed, source=f"generated from {test.source}:{test.split}")
+    else:
+        cset = load_cifar10c(opts.c10c_dir, n_per_severity=opts.c10c_n_per_severity)
+        if int(cset.labels.max()) >= classifier.head.out_features:
+            raise RobustHubError(f"{opts.c10c_dir} has labels beyond the {classifier.head.out_features} classes of {test.source}")
+    return corruption_accuracy(classifier, cset, batch_size=opts.batch_size, device=opts.device, progress=opts.progress)
+
+
+# ----------------------------------------------------------------------------------------- table
+def _pct(v: Any) -> str:
+    return "withheld" if v is None else f"{100 * v:.2f}"
+
+
+def format_table(records: list[dict]) -> str:
+    """A plain-text table of the records' headline numbers (accuracies in %)."""
+    header = ["model", "protocol", "dataset", "threat", "clean", "PGD-20", "AutoAttack", "C10-C", "flags"]
+    rows = [header]
+    for r in records:
+        m = r["metrics"]
+        eps = r["threat"]["eps"]
+        threat = f"{r['threat']['norm']} {eps * 255:.3g}/255" if r["threat"]["norm"] == "linf" else f"l2 {eps:.3g}"
+        c10c = m.get("c10c")
+        rows.append([
+            Path(r["model"]["id"]).name or r["model"]["id"], r["protocol"]["name"], Path(r["dataset"]["source"]).name,
+            threat, _pct(m["clean_acc"]) if "clean_acc" in m else "-", _pct(m["pgd20_acc"]) if "pgd20_acc" in m else "-",
+            _pct(m["autoattack_acc"]) if "autoattack_acc" in m else "-",
+            (_pct(c10c["mean"]) + ("*" if c10c["generated"] else "")) if c10c else "-",
+            ",".join(r["flags"]) or "-",
+        ])
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(header))]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    if any(r["metrics"].get("c10c") and r["metrics"]["c10c"]["generated"] for r in records):
+        lines.append("* corruption accuracy on a generated set, not the official CIFAR-10-C files")
+    return "\n".join(lines)

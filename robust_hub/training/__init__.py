@@ -1,0 +1,1 @@
+"""Pre-training: one generic Accelerate loop; methods plug their step into it."""

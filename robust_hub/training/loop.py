@@ -1,0 +1,286 @@
+"""The generic pre-training loop: Accelerate for devices, DDP, mixed precision and checkpoints."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import ProjectConfiguration, set_seed
+from tqdm.auto import tqdm
+
+from robust_hub.config import RunConfig
+from robust_hub.data import ImageDataset, SimCLRAugment, load_image_dataset
+from robust_hub.errors import RobustHubError
+from robust_hub.io import write_json_atomic, write_text_atomic
+from robust_hub.models import RobustBackbone, create_backbone, list_backbones
+from robust_hub.provenance import environment
+from robust_hub.training.batches import epoch_batches
+from robust_hub.training.card import render_backbone_card
+from robust_hub.training.methods import METHODS
+from robust_hub.training.optim import build_optimizer, build_scheduler
+
+log = logging.getLogger("robust_hub.pretrain")
+CHECKPOINTS = "checkpoints"
+
+
+@dataclass
+class Progress:
+    """Where the run stands; checkpointed with the model so a resume continues mid-epoch."""
+
+    epoch: int = 0
+    step_in_epoch: int = 0
+    global_step: int = 0
+    losses: list[float] = field(default_factory=list)  # one mean per finished epoch
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
+                "global_step": self.global_step, "losses": list(self.losses)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.epoch, self.step_in_epoch = int(state["epoch"]), int(state["step_in_epoch"])
+        self.global_step, self.losses = int(state["global_step"]), list(state["losses"])
+
+
+class StopRequest:
+    """Turns SIGTERM/SIGINT into a checkpoint at the end of the current step."""
+
+    def __init__(self) -> None:
+        self.signum = 0
+        self.previous = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
+
+    def restore(self) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.signum = signum
+
+    def agreed(self, accelerator: Accelerator) -> int:
+        """The signal any process received (all processes must checkpoint together)."""
+        flag = torch.tensor([self.signum], device=accelerator.device)
+        return int(accelerator.reduce(flag, reduction="sum").item()) if accelerator.num_processes > 1 else self.signum
+
+
+@dataclass
+class PretrainResult:
+    model_dir: Path | None  # None when the run stopped early on a signal
+    checkpoint: Path | None
+    stopped_by_signal: int = 0
+
+
+def pretrain(config: RunConfig, resume: str | bool | None = None) -> PretrainResult:
+    """Pre-train per ``config``; ``resume`` is a checkpoint dir, or True for the latest one."""
+    out = Path(config.train.output_dir)
+    accelerator = Accelerator(
+        # Without this, processes started by torchrun on a machine with no accelerator would
+        # each train alone instead of forming a gloo (MULTI_CPU) group.
+        cpu=not torch.accelerator.is_available(),
+        mixed_precision=config.train.mixed_precision,
+        log_with="tensorboard",
+        project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
+    )
+    set_seed(config.train.seed, device_specific=True)
+    train_set, val_set = _load_data(config)  # before anything is written: bad input fails clean
+    model = _build_model(config)
+    checkpoint_to_load = _find_checkpoint(out, resume) if resume else None
+    optimizer = build_optimizer(model, config.train)
+    scheduler = build_scheduler(optimizer, config.train)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    progress = Progress()
+    accelerator.register_for_checkpointing(scheduler, progress)
+    if checkpoint_to_load:
+        accelerator.load_state(str(checkpoint_to_load))
+        log.info("resumed from %s at epoch %d step %d", checkpoint_to_load, progress.epoch, progress.step_in_epoch)
+    _write_run_files(accelerator, config, out, train_set, val_set)
+    accelerator.init_trackers("pretrain", config=_flat(config.to_dict()))
+    trainer = _Trainer(config, accelerator, model, optimizer, scheduler, progress, train_set, len(val_set))
+    try:
+        return trainer.run()
+    finally:
+        trainer.stop.restore()
+        accelerator.end_training()
+
+
+def _load_data(config: RunConfig) -> tuple[ImageDataset, ImageDataset]:
+    d = config.data
+    dataset = load_image_dataset(d.source, d.split, image_size=d.image_size, cache_dir=d.cache_dir)
+    train_set, val_set = dataset.split_validation(d.val_fraction, seed=config.train.seed)
+    if len(train_set) < config.train.batch_size:
+        raise RobustHubError(
+            f"{d.source} has {len(train_set)} training images, fewer than train.batch_size={config.train.batch_size}"
+        )
+    return train_set, val_set
+
+
+def _build_model(config: RunConfig) -> RobustBackbone:
+    m = config.model
+    options = {**m.options, "proj_layers": m.proj_layers}
+    if m.arch in list_backbones():
+        return create_backbone(m.arch, dual_bn=m.dual_bn, **options)
+    model = create_backbone(m.arch, **options)  # a timm model, or an error naming the choices
+    if m.dual_bn:
+        raise RobustHubError(f"model.dual_bn=true needs a robust-hub architecture; {m.arch!r} has a single batch "
+                             "norm (set model.dual_bn=false)")
+    return model
+
+
+def _find_checkpoint(out: Path, resume: str | bool) -> Path:
+    if resume is True or resume == "latest":
+        candidates = sorted((out / CHECKPOINTS).glob("step_*")) if (out / CHECKPOINTS).is_dir() else []
+        if not candidates:
+            raise RobustHubError(f"--resume: no checkpoint under {out / CHECKPOINTS}")
+        return candidates[-1]
+    path = Path(resume)
+    if not (path / "model.safetensors").is_file() and not any(path.glob("model*.safetensors")):
+        raise RobustHubError(f"--resume: {path} is not a robust-hub checkpoint directory")
+    return path
+
+
+def _write_run_files(accelerator: Accelerator, config: RunConfig, out: Path,
+                     train_set: ImageDataset, val_set: ImageDataset) -> None:
+    if not accelerator.is_main_process:
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out / "run_config.yaml", config.to_yaml())
+    write_json_atomic(out / "environment.json", environment(
+        seeds={"seed": config.train.seed, "per_process": "seed + process_index"},
+        extra={"num_processes": accelerator.num_processes, "mixed_precision": accelerator.mixed_precision,
+               "data": {"source": config.data.source, "fingerprint": getattr(train_set, "fingerprint", None),
+                        "train_images": len(train_set), "val_images": len(val_set)}},
+    ))
+
+
+def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value if isinstance(value, (int, float, str, bool)) else str(value)
+    return flat
+
+
+class _Trainer:
+    def __init__(self, config: RunConfig, accelerator: Accelerator, model: torch.nn.Module, optimizer: Any,
+                 scheduler: Any, progress: Progress, train_set: ImageDataset, num_val_images: int):
+        self.config, self.accelerator, self.model = config, accelerator, model
+        self.optimizer, self.scheduler, self.progress = optimizer, scheduler, progress
+        self.train_set, self.num_val_images = train_set, num_val_images
+        self.method = METHODS[config.method.name](config)
+        self.raw_model: RobustBackbone = accelerator.unwrap_model(model)
+        # The whole (uint8) training set lives on the device: no loader workers to starve a GPU.
+        self.images = train_set.images.to(accelerator.device)
+        self.out = Path(config.train.output_dir)
+        self.stop = StopRequest()
+        self.started = time.time()
+
+    def steps_per_epoch(self) -> int:
+        steps = len(self.train_set) // self.config.train.batch_size
+        cap = self.config.train.max_steps_per_epoch
+        return min(steps, cap) if cap else steps
+
+    def run(self) -> PretrainResult:
+        t, acc, p = self.config.train, self.accelerator, self.progress
+        log.info("pre-training %s with %s on %d images: %d epochs x %d steps, %d process(es)",
+                 self.config.model.arch, self.method.name, len(self.train_set), t.epochs,
+                 self.steps_per_epoch(), acc.num_processes)
+        while p.epoch < t.epochs:
+            signum = self._run_epoch()
+            if signum:
+                checkpoint = self.save_checkpoint()
+                log.warning("stopped by signal %d; checkpoint %s; continue with --resume", signum, checkpoint)
+                return PretrainResult(None, checkpoint, signum)
+            if t.checkpoint_every and p.epoch % t.checkpoint_every == 0 and p.epoch < t.epochs:
+                self.save_checkpoint()
+        checkpoint = self.save_checkpoint()
+        return PretrainResult(self.save_model(), checkpoint)
+
+    def _run_epoch(self) -> int:
+        p, acc, t = self.progress, self.accelerator, self.config.train
+        steps = self.steps_per_epoch()
+        batches = epoch_batches(torch.arange(len(self.train_set)), t.batch_size, t.seed, p.epoch,
+                                acc.process_index, acc.num_processes)[p.step_in_epoch:steps]
+        augment = SimCLRAugment(self.method.strength(p.epoch), size=self.config.data.image_size)
+        bar = tqdm(batches, desc=f"epoch {p.epoch + 1}/{t.epochs}", disable=not acc.is_local_main_process,
+                   initial=p.step_in_epoch, total=steps, dynamic_ncols=True)
+        epoch_losses = []
+        for indices in bar:
+            loss = self.train_step(augment, indices.to(acc.device), steps)
+            epoch_losses.append(loss)
+            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{self.optimizer.param_groups[0]['lr']:.3g}")
+            signum = self.stop.agreed(acc)
+            if signum:
+                return signum
+        p.losses.append(sum(epoch_losses) / max(len(epoch_losses), 1))
+        acc.log({"train/epoch_loss": p.losses[-1], "train/strength": augment.strength}, step=p.global_step)
+        log.info("epoch %d/%d: mean loss %.4f", p.epoch + 1, t.epochs, p.losses[-1])
+        p.epoch, p.step_in_epoch = p.epoch + 1, 0
+        return 0
+
+    def train_step(self, augment: SimCLRAugment, indices: torch.Tensor, steps: int) -> float:
+        p, acc = self.progress, self.accelerator
+        self.scheduler.step(p.epoch + p.step_in_epoch / steps)
+        with torch.no_grad():
+            view_i, view_j, _ = augment.views(self.images[indices])
+        adversarial = self.method.attack(self.raw_model, view_i, view_j, acc.autocast)
+        self.model.train()
+        loss = self.method.loss(self.model, (view_i, view_j), adversarial, p.epoch)
+        if not torch.isfinite(loss):
+            raise RobustHubError(f"training loss became {loss.item()} at epoch {p.epoch + 1} step {p.step_in_epoch + 1}; "
+                                 "lower train.lr or check the data")
+        self.optimizer.zero_grad(set_to_none=True)
+        acc.backward(loss)
+        self.optimizer.step()
+        p.step_in_epoch += 1
+        p.global_step += 1
+        value = acc.reduce(loss.detach(), reduction="mean").item()
+        if p.global_step % self.config.train.log_every == 0:
+            lr = self.optimizer.param_groups[0]["lr"]
+            acc.log({"train/loss": value, "train/lr": lr}, step=p.global_step)
+            log.info("step %d (epoch %d): loss %.4f, lr %.4g", p.global_step, p.epoch + 1, value, lr)
+        return value
+
+    def save_checkpoint(self) -> Path:
+        acc = self.accelerator
+        path = self.out / CHECKPOINTS / f"step_{self.progress.global_step:08d}"
+        acc.wait_for_everyone()
+        acc.save_state(str(path))
+        if acc.is_main_process:
+            older = sorted((self.out / CHECKPOINTS).glob("step_*"))[: -self.config.train.keep_checkpoints]
+            for stale in older:
+                shutil.rmtree(stale, ignore_errors=True)
+        acc.wait_for_everyone()
+        return path
+
+    def save_model(self) -> Path:
+        acc, model_dir = self.accelerator, self.out / "model"
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            env = environment(seeds={"seed": self.config.train.seed})
+            facts = {
+                "num_train_images": len(self.train_set), "num_val_images": self.num_val_images,
+                "final_loss": f"{self.progress.losses[-1]:.4f}" if self.progress.losses else "n/a",
+                "wall_time": f"{time.time() - self.started:.0f} s (this process)",
+                "hardware": _describe_hardware(env["hardware"], acc), "versions": env["versions"],
+            }
+            metadata = {"training": {"config": self.config.to_dict(), "seeds": env["seeds"],
+                                     "versions": env["versions"], "epoch_losses": self.progress.losses,
+                                     "num_processes": acc.num_processes, "mixed_precision": acc.mixed_precision}}
+            card = render_backbone_card(self.raw_model, self.config, facts)
+            self.raw_model.save_pretrained(str(model_dir), metadata=metadata, model_card=card)
+            log.info("model written to %s", model_dir)
+        acc.wait_for_everyone()
+        return model_dir
+
+
+def _describe_hardware(hardware: dict[str, Any], accelerator: Accelerator) -> str:
+    devices = hardware.get("cuda_devices") or [f"CPU ({hardware.get('cpu_threads')} threads)"]
+    return f"{accelerator.num_processes} process(es) on {', '.join(devices)}"
+

@@ -1,0 +1,51 @@
+import pytest
+
+from robust_hub import RobustHubError
+from robust_hub.config import load_config
+
+REPO_CONFIGS = __import__("pathlib").Path(__file__).resolve().parents[1] / "configs"
+
+
+def test_paper_config_has_the_papers_defaults():
+    config = load_config(REPO_CONFIGS / "acl_cifar10.yaml")
+    assert config.attack.eps == pytest.approx(8 / 255) and config.attack.alpha == pytest.approx(2 / 255)
+    assert config.attack.steps == 5 and config.method.temperature == 0.5
+    assert (config.train.lr, config.train.batch_size, config.train.epochs) == (5.0, 512, 1000)
+    assert (config.train.momentum, config.train.weight_decay, config.train.trust_coefficient) == (0.9, 1e-6, 1e-3)
+    assert config.train.warmup_epochs == 10 and config.train.seed == 1
+
+
+def test_overrides_apply_and_are_typed(tmp_path):
+    config = load_config(REPO_CONFIGS / "offline.yaml", ["train.epochs=3", "attack.eps=4/255", "model.options={a: 1}"])
+    assert config.train.epochs == 3 and config.attack.eps == pytest.approx(4 / 255)
+    assert config.model.options == {"a": 1}
+    assert "epochs: 3" in config.to_yaml()
+
+
+@pytest.mark.parametrize("override,message", [
+    ("train.epoch=3", "unknown key"),
+    ("training.epochs=3", "unknown config section"),
+    ("train.epochs=ten", "should be of type int"),
+    ("train.epochs=0", "train.epochs must be >= 1"),
+    ("attack.eps=2", "attack.eps must be in"),
+    ("method.name=simclr", "method.name must be one of"),
+    ("method.strength=1.5", "method.strength"),
+    ("train.mixed_precision=fp8", "mixed_precision"),
+    ("train.batch_size=1", "batch_size"),
+    ("train.lr=-1", "train.lr"),
+    ("epochs=3", "section.key=value"),
+])
+def test_bad_values_are_rejected_with_the_key_named(override, message):
+    with pytest.raises(RobustHubError, match=message):
+        load_config(REPO_CONFIGS / "offline.yaml", [override])
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(RobustHubError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+    (tmp_path / "bad.yaml").write_text("train: [unclosed")
+    with pytest.raises(RobustHubError, match="not valid YAML"):
+        load_config(tmp_path / "bad.yaml")
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    with pytest.raises(RobustHubError, match="mapping"):
+        load_config(tmp_path / "list.yaml")

@@ -1,0 +1,136 @@
+"""Reference-checkpoint import: the test builds the reference code's dual-BN layout itself."""
+
+import pytest
+import torch
+from torch import nn
+
+import robust_hub
+from robust_hub import RobustHubError
+from robust_hub.models import convert_reference_checkpoint
+
+
+class MultiBN(nn.Module):
+    """The reference layout: bn_list.0 = normal, bn_list.1 = pgd, chosen by a forward argument."""
+
+    def __init__(self, n, dims=2):
+        super().__init__()
+        bn = nn.BatchNorm2d if dims == 2 else nn.BatchNorm1d
+        self.bn_list = nn.ModuleList([bn(n), bn(n)])
+
+    def forward(self, x, which):
+        return self.bn_list[which](x)
+
+
+class RefBlock(nn.Module):
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = MultiBN(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = MultiBN(cout)
+        self.downsample = None
+        if stride != 1 or cin != cout:
+            self.downsample = nn.Module()
+            self.downsample.conv = nn.Conv2d(cin, cout, 1, stride, bias=False)
+            self.downsample.bn = MultiBN(cout)
+
+    def forward(self, x, which):
+        out = torch.relu(self.bn1(self.conv1(x), which))
+        out = self.bn2(self.conv2(out), which)
+        short = x if self.downsample is None else self.downsample.bn(self.downsample.conv(x), which)
+        return torch.relu(out + short)
+
+
+class RefResNet(nn.Module):
+    def __init__(self, widths=(16, 32, 64, 128), blocks=(2, 2, 2, 2)):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, widths[0], 3, 1, 1, bias=False)
+        self.bn1 = MultiBN(widths[0])
+        cin = widths[0]
+        for s, (w, n) in enumerate(zip(widths, blocks)):
+            layer = nn.ModuleList()
+            for b in range(n):
+                layer.append(RefBlock(cin, w, 2 if (b == 0 and s > 0) else 1))
+                cin = w
+            setattr(self, f"layer{s + 1}", layer)
+        ch = cin
+        self.fc = nn.Module()
+        self.fc.fc1, self.fc.bn1 = nn.Linear(ch, ch), MultiBN(ch, 1)
+        self.fc.fc2, self.fc.bn2 = nn.Linear(ch, ch, bias=False), MultiBN(ch, 1)
+        self.fc.fc3, self.fc.bn3 = nn.Linear(ch, ch, bias=False), MultiBN(ch, 1)
+        self.mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+        self.std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+
+    def features(self, x, which):
+        x = torch.relu(self.bn1(self.conv1((x - self.mean) / self.std), which))
+        for s in range(1, 5):
+            for block in getattr(self, f"layer{s}"):
+                x = block(x, which)
+        return x.mean(dim=(2, 3))
+
+    def project(self, h, which):
+        f = self.fc
+        h = torch.relu(f.bn1(f.fc1(h), which))
+        h = torch.relu(f.bn2(f.fc2(h), which))
+        return f.bn3(f.fc3(h), which)
+
+
+def reference_model(**kwargs):
+    model = RefResNet(**kwargs)
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            if name.endswith("running_var"):
+                tensor.copy_(0.5 + torch.rand(tensor.shape, generator=generator))
+            elif tensor.is_floating_point():
+                tensor.copy_(0.2 * torch.randn(tensor.shape, generator=generator))
+    return model.eval()
+
+
+@pytest.mark.parametrize("wrapping", ["plain", "state_dict", "model", "state_dict_dual"])
+def test_reference_checkpoint_gives_the_pgd_route_features(tmp_path, wrapping):
+    ref = reference_model()
+    state = {f"module.{k}": v for k, v in ref.state_dict().items()}
+    payload = state if wrapping == "plain" else {wrapping: state, "epoch": torch.tensor(100)}
+    torch.save(payload, tmp_path / "ref.pt")
+    ours = convert_reference_checkpoint(tmp_path / "ref.pt")
+    x = torch.rand(4, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(ours(x), ref.features(x, 1), atol=1e-5)
+        assert torch.allclose(ours(x, route="normal"), ref.features(x, 0), atol=1e-5)
+        assert torch.allclose(ours(x, project=True), ref.project(ref.features(x, 1), 1), atol=1e-5)
+        assert not torch.allclose(ref.features(x, 0), ref.features(x, 1), atol=1e-3)  # the routes really differ
+
+
+def test_converted_checkpoint_round_trips_through_the_cli(tmp_path):
+    from robust_hub.cli import main
+
+    ref = reference_model(blocks=(1, 1, 1, 1))
+    torch.save({"state_dict": ref.state_dict()}, tmp_path / "ref.pt")
+    assert main(["convert", str(tmp_path / "ref.pt"), str(tmp_path / "hf")]) == 0
+    loaded = robust_hub.from_pretrained(str(tmp_path / "hf"))
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), ref.features(x, 1), atol=1e-5)
+
+
+class Opaque:
+    pass
+
+
+def test_bad_reference_files_fail_clearly(tmp_path, capsys):
+    from robust_hub.cli import main
+
+    torch.save({"state_dict": reference_model().state_dict(), "args": Opaque()}, tmp_path / "pickle.pt")
+    with pytest.raises(RobustHubError, match="weights_only"):
+        convert_reference_checkpoint(tmp_path / "pickle.pt")
+    (tmp_path / "corrupt.pt").write_bytes(b"\x00garbage")
+    with pytest.raises(RobustHubError, match="corrupt"):
+        convert_reference_checkpoint(tmp_path / "corrupt.pt")
+    with pytest.raises(RobustHubError, match="does not exist"):
+        convert_reference_checkpoint(tmp_path / "missing.pt")
+    state = reference_model().state_dict()
+    state["conv1.weight"][0, 0, 0, 0] = float("nan")
+    torch.save(state, tmp_path / "nan.pt")
+    assert main(["convert", str(tmp_path / "nan.pt"), str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.count("\n") == 1 and not (tmp_path / "out").exists()
