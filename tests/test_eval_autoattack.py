@@ -22,7 +22,7 @@ def test_matches_a_direct_pyautoattack_call_with_the_same_seed(task, tmp_path):
     from pyautoattack import AutoAttack
 
     model, x, y = task
-    eps = 24 / 255  # partly robust: some points fall, some survive every attack
+    eps = 27 / 255  # partly robust: some points fall, some survive every attack
     ours = run_autoattack(model, x, y, eps=eps, seed=3, batch_size=16, chunk_size=16,
                           state_path=tmp_path / "aa.json", progress=False)
     direct = AutoAttack(model, norm="Linf", eps=eps, version="standard", seed=3)

@@ -84,7 +84,8 @@ def test_run_writes_model_card_config_and_provenance(tmp_path):
     assert len(training["epoch_losses"]) == 2
     card = (out / "model" / "README.md").read_text()
     assert "ACL" in card and "embedded:digits" in card and "robust_resnet_tiny" in card
-    assert "library_name: timm" in card
+    assert "library_name: timm" in card and "![Mean training loss per epoch](training_loss.png)" in card
+    assert (out / "model" / "training_loss.png").read_bytes().startswith(b"\x89PNG")
     assert (out / "run_config.yaml").is_file() and (out / "environment.json").is_file()
     assert any((out / "logs").rglob("events.out.tfevents.*"))  # TensorBoard through Accelerate
 

@@ -34,8 +34,12 @@ class SimCLRAugment(nn.Module):
       rotates in HSV), but draws the random *order* of those four steps once per call, so
       all samples of one batch share the order (torchvision draws one order per image).
       The factors and the 0.8 s gate are per sample.
-    * The crop is resampled by one batched bicubic warp without antialiasing; torchvision
-      antialiases. This matters only when a crop is shrunk (source larger than ``size``).
+    * The crop is resampled by one batched bicubic warp that maps the crop's corner pixels
+      onto the output's corner pixels, without antialiasing; torchvision crops, then resizes
+      with half-pixel alignment and antialiasing. The geometry differs by under a pixel,
+      and the missing antialiasing matters only when a crop is shrunk (source > ``size``).
+    * Crop sizes follow torchvision's sampler (10 tries, then a centre-crop fallback);
+      grayscale uses the same luma weights (0.299, 0.587, 0.114).
     """
 
     def __init__(self, strength: float = 1.0, size: int = 32) -> None:

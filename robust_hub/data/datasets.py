@@ -147,11 +147,17 @@ def load_image_dataset(
 ) -> ImageDataset:
     """Load one split of ``source`` fully decoded into memory.
 
-    ``source`` is ``embedded:<name>``, a local directory (parquet/arrow shards or an
-    ImageFolder tree) or a Hugging Face Hub dataset id. ``image_size`` resizes every image
-    to that square size. Decoded images are cached as ``<fingerprint>.npy`` under
-    ``cache_dir`` (default ``$ROBUST_HUB_CACHE`` or ``~/.cache/robust_hub/datasets``); an
-    explicit ``cache_dir`` also holds the ``datasets`` library's own cache, under ``hf/``.
+    ``source`` is ``embedded:<name>``, an existing local directory (parquet/arrow shards
+    named ``<split>-*`` or kept in ``<split>/``, or an ImageFolder tree) or else a Hugging
+    Face Hub dataset id. The image column is the ``datasets.Image`` feature and the label
+    column a ``ClassLabel`` (``label`` or ``fine_label`` preferred); ``image_column`` and
+    ``label_column`` override them. Without labels, or with only -1 labels, every label is
+    -1 and ``classes`` is empty. ``image_size`` resizes every image to that square size.
+
+    Decoded images are cached as ``<fingerprint>.npy`` under ``cache_dir`` (default
+    ``$ROBUST_HUB_CACHE`` or ``~/.cache/robust_hub/datasets``); an explicit ``cache_dir``
+    also holds the ``datasets`` library's own cache, under ``hf/``. Any problem with the
+    source raises ``RobustHubError``.
     """
     _check_arguments(source, split, image_size)
     image_size = None if image_size is None else int(image_size)

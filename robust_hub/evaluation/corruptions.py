@@ -89,7 +89,7 @@ def load_cifar10c(
         arr = _np_load(root / f"{name}.npy")
         if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[0] != len(labels) or arr.shape[-1] != 3:
             raise RobustHubError(f"{root / (name + '.npy')} must be uint8 [{len(labels)}, H, W, 3], got {arr.dtype} {list(arr.shape)}")
-        images[name] = {s: torch.from_numpy(np.ascontiguousarray(arr[(s - 1) * per:(s - 1) * per + keep])).permute(0, 3, 1, 2)
+        images[name] = {s: torch.from_numpy(np.array(arr[(s - 1) * per:(s - 1) * per + keep])).permute(0, 3, 1, 2)
                         for s in SEVERITIES}
     first = torch.from_numpy(np.asarray(labels[:keep], dtype=np.int64))
     for s in SEVERITIES[1:]:

@@ -167,6 +167,7 @@ class EvalOptions:
     batch_size: int
     device: torch.device
     progress: bool
+    attack_masked_models: bool = False
 
 
 def _parse_metrics(metrics: Sequence[str] | str | None, c10c: bool) -> tuple[str, ...]:
@@ -241,11 +242,16 @@ def evaluate(
     device: str | torch.device | None = "auto",
     progress: bool = True,
     print_table: bool = True,
+    attack_masked_models: bool = False,
 ) -> list[dict]:
     """Evaluate ``model`` under each protocol on ``dataset``; returns the records (as dicts).
 
     ``dataset`` is a name (cifar10, cifar100, stl10), any source the data layer loads, or a
     ``(train, test)`` pair of datasets with ``images`` (uint8 NCHW) and ``labels``.
+    A model whose input gradients vanish on more than 10% of correctly classified test images is
+    flagged ``masked_gradients`` and gets no robust accuracy (``null``, flag ``robust_acc_withheld``);
+    with ``attack_masked_models=True`` the attacks still run and their numbers go under
+    ``metrics["untrusted"]``.
     ``protocol_overrides`` maps ``KEY`` or ``PROTOCOL.KEY`` (e.g. ``"slf.epochs"``,
     ``"train_attack.steps"``) to values. Records already in ``out_dir`` are reused, not recomputed.
     """
@@ -258,7 +264,8 @@ def evaluate(
     opts = EvalOptions(_parse_metrics(metrics, c10c_dir is not None or c10c_generate), parse_norm(norm), float(eps),
                        int(seed), n_train, n_test, n_autoattack, tuple(float(e) for e in eps_curve), eps_curve_attack,
                        None if c10c_dir is None else str(c10c_dir), bool(c10c_generate), c10c_n_per_severity,
-                       autoattack_version, autoattack_chunk_size, batch_size, _resolve_device(device), progress)
+                       autoattack_version, autoattack_chunk_size, batch_size, _resolve_device(device), progress,
+                       attack_masked_models)
     if opts.eps < 0 or any(e < 0 for e in opts.eps_curve):
         raise RobustHubError("eps must be non-negative")
     if "c10c" in opts.metrics and opts.c10c_dir is None and not opts.c10c_generate:
@@ -337,7 +344,7 @@ def _eval_settings(opts: EvalOptions) -> dict:
     return {"pgd20": {"steps": 20, "alpha": opts.eps / 4, "random_start": True}, "autoattack_version": opts.autoattack_version,
             "n_autoattack": opts.n_autoattack, "eps_curve": list(opts.eps_curve), "eps_curve_attack": opts.eps_curve_attack,
             "c10c_dir": opts.c10c_dir, "c10c_generate": opts.c10c_generate,
-            "c10c_n_per_severity": opts.c10c_n_per_severity}
+            "c10c_n_per_severity": opts.c10c_n_per_severity, "attack_masked_models": opts.attack_masked_models}
 
 
 def _finetuned(backbone, cfg, train, num_classes, opts, ckpt: Path) -> tuple[Classifier, float]:
@@ -375,6 +382,16 @@ def _measure(classifier: Classifier, test: SplitData, opts: EvalOptions, state_d
     if "clean" in opts.metrics:
         metrics["clean_acc"] = accuracy(classifier, test, batch_size=bs, device=dev)
     walls["clean"] = time.perf_counter() - t0
+    if "masked_gradients" in flags and not opts.attack_masked_models:
+        # gradient attacks cannot be trusted on this model: report no robust number at all
+        metrics.update({k: None for k, m in (("pgd20_acc", "pgd20"), ("autoattack_acc", "autoattack")) if m in opts.metrics})
+        flags += ["robust_acc_withheld", "attacks_skipped"]
+        if "c10c" in opts.metrics:
+            t0 = time.perf_counter()
+            metrics["c10c"] = _c10c(classifier, test, opts)
+            flags += ["generated_corruptions"] if metrics["c10c"]["generated"] else []
+            walls["c10c"] = time.perf_counter() - t0
+        return metrics, sorted(set(flags))
 
     pgd20 = PGDConfig(eps=opts.eps, alpha=opts.eps / 4, steps=20, norm=opts.norm, random_start=True)
     if "pgd20" in opts.metrics:

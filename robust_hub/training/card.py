@@ -47,8 +47,28 @@ def render_backbone_card(model: Any, config: RunConfig, facts: dict[str, Any]) -
         warmup_epochs=t.warmup_epochs, epochs=t.epochs, seed=t.seed,
         num_train_images=facts.get("num_train_images"), num_val_images=facts.get("num_val_images"),
         hardware=facts.get("hardware", "unknown"), wall_time=facts.get("wall_time", "unknown"),
-        final_loss=facts.get("final_loss", "n/a"),
+        final_loss=facts.get("final_loss", "n/a"), loss_plot=facts.get("loss_plot"),
         evaluation=facts.get("evaluation") or "Not evaluated yet: run `robust-hub eval` on this model and its results are added here.",
         versions=", ".join(f"{k} {v}" for k, v in versions.items()) or "unknown",
     )
     return str(ModelCard.from_template(card_data, template_path=str(template_path()), **values))
+
+
+def loss_curve_png(epoch_losses: list[float], title: str) -> bytes:
+    """A PNG of the mean training loss per epoch, for the model card."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(5, 3), dpi=100)
+    axis.plot(range(1, len(epoch_losses) + 1), epoch_losses, marker="o")
+    axis.set(xlabel="epoch", ylabel="mean training loss", title=title)
+    axis.grid(alpha=0.3)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    plt.close(figure)
+    return buffer.getvalue()

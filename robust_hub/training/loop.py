@@ -22,7 +22,7 @@ from robust_hub.io import write_json_atomic, write_text_atomic
 from robust_hub.models import RobustBackbone, create_backbone, list_backbones
 from robust_hub.provenance import environment
 from robust_hub.training.batches import epoch_batches
-from robust_hub.training.card import render_backbone_card
+from robust_hub.training.card import loss_curve_png, render_backbone_card
 from robust_hub.training.methods import METHODS
 from robust_hub.training.optim import build_optimizer, build_scheduler
 
@@ -273,8 +273,11 @@ class _Trainer:
             metadata = {"training": {"config": self.config.to_dict(), "seeds": env["seeds"],
                                      "versions": env["versions"], "epoch_losses": self.progress.losses,
                                      "num_processes": acc.num_processes, "mixed_precision": acc.mixed_precision}}
+            plot = loss_curve_png(self.progress.losses, f"{self.method.name.upper()} on {self.config.data.source}")
+            facts["loss_plot"] = "training_loss.png"
             card = render_backbone_card(self.raw_model, self.config, facts)
-            self.raw_model.save_pretrained(str(model_dir), metadata=metadata, model_card=card)
+            self.raw_model.save_pretrained(str(model_dir), metadata=metadata, model_card=card,
+                                           extra_files={"training_loss.png": plot})
             log.info("model written to %s", model_dir)
         acc.wait_for_everyone()
         return model_dir

@@ -1,0 +1,111 @@
+"""Evaluation throughput (images/s) of PGD-20 and AutoAttack on a CIFAR ResNet-18, CPU and GPU.
+
+    python bench/bench_eval.py [--device cpu|cuda|all] [--n 128] [--aa-n 32] [--batch-size 128]
+
+Each number is reported as images per second and as a ratio to a clean forward pass measured in
+the same process. The network is randomly initialised with a linear head: AutoAttack's cost
+depends on how many points survive each attack, so on an untrained network (few correct, easily
+broken points) its throughput is an upper bound of what a robust model gets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from robust_hub.evaluation.attacks import PGDConfig, pgd  # noqa: E402
+from robust_hub.evaluation.autoattack_runner import run_autoattack  # noqa: E402
+from robust_hub.evaluation.loading import wrap_module  # noqa: E402
+
+
+def resnet18() -> nn.Module:
+    try:
+        import robust_hub
+
+        return robust_hub.create_backbone("robust_resnet18")
+    except (ImportError, AttributeError):
+        import timm
+
+        return timm.create_model("resnet18", num_classes=0)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(fn, device) -> float:
+    _sync(device)
+    t0 = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - t0
+
+
+def bench(device: torch.device, n: int, aa_n: int, batch_size: int) -> dict:
+    torch.manual_seed(0)
+    backbone = wrap_module(resnet18())
+    model = nn.Sequential(backbone, nn.Linear(backbone.num_features, 10)).to(device).eval()
+    x = torch.rand(n, 3, 32, 32, device=device)
+    y = torch.randint(0, 10, (n,), device=device)
+
+    def clean():
+        with torch.no_grad():
+            for i in range(0, n, batch_size):
+                model(x[i:i + batch_size])
+
+    def pgd20():
+        cfg = PGDConfig(eps=8 / 255, alpha=2 / 255, steps=20)
+        for i in range(0, n, batch_size):
+            pgd(model, x[i:i + batch_size], y[i:i + batch_size], cfg)
+
+    clean()  # warm-up
+    t_clean = _timed(clean, device)
+    t_pgd = _timed(pgd20, device)
+    aa_result = {}
+
+    def aa():
+        aa_result["r"] = run_autoattack(model, x[:aa_n], y[:aa_n], eps=8 / 255, seed=0, batch_size=batch_size,
+                                        device=device, progress=False)
+
+    t_aa = _timed(aa, device)
+    clean_ips = n / t_clean
+    out = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
+        "clean_forward_img_s": round(clean_ips, 1),
+        "pgd20_img_s": round(n / t_pgd, 2),
+        "pgd20_cost_vs_clean": round(clean_ips / (n / t_pgd), 1),
+        "autoattack_img_s": round(aa_n / t_aa, 3),
+        "autoattack_cost_vs_clean": round(clean_ips / (aa_n / t_aa), 1),
+        "autoattack_clean_acc": aa_result["r"].clean_acc,
+        "autoattack_robust_acc": aa_result["r"].robust_acc,
+        "n": n, "aa_n": aa_n, "batch_size": batch_size,
+    }
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="all", help="cpu, cuda, or all (cpu, then cuda when available)")
+    p.add_argument("--n", type=int, default=128, help="images for the clean and PGD-20 timings")
+    p.add_argument("--aa-n", type=int, default=32, help="images for the AutoAttack timing")
+    p.add_argument("--batch-size", type=int, default=128)
+    args = p.parse_args()
+    devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
+    for d in devices:
+        if d.startswith("cuda") and not torch.cuda.is_available():
+            print(json.dumps({"device": d, "skipped": "no GPU available"}))
+            continue
+        print(json.dumps(bench(torch.device(d), args.n, args.aa_n, args.batch_size)))
+
+
+if __name__ == "__main__":
+    main()
