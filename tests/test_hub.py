@@ -11,6 +11,7 @@ from huggingface_hub import HfApi, constants
 from transformers import AutoModel
 
 import robust_hub
+from helpers import with_distinct_bn_statistics
 from robust_hub import RobustHubError
 from robust_hub.cli import main
 from robust_hub.hub_push import push_to_hub
@@ -30,17 +31,9 @@ def _one_torch_thread():
 
 
 def tiny_model(seed):
-    """A tiny backbone with seeded weights and distinct BN statistics, so that round trips are really exercised."""
+    """A tiny backbone with seeded weights and distinct BN statistics."""
     torch.manual_seed(seed)
-    model = robust_hub.create_backbone("robust_resnet_tiny")
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, buffer in model.named_buffers():
-            if name.endswith("running_mean"):
-                buffer.copy_(0.1 * torch.randn(buffer.shape, generator=generator))
-            elif name.endswith("running_var"):
-                buffer.copy_(0.5 + torch.rand(buffer.shape, generator=generator))
-    return model.eval()
+    return with_distinct_bn_statistics(robust_hub.create_backbone("robust_resnet_tiny"), seed)
 
 
 def saved(model, path):

@@ -10,17 +10,11 @@ import robust_hub
 from robust_hub import RobustHubError
 from robust_hub.models import DualBatchNorm
 
+from helpers import with_distinct_bn_statistics
+
 
 def trained_like(model):
-    """Give every BN distinct statistics so that routes and round trips are really exercised."""
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for name, buffer in model.named_buffers():
-            if name.endswith("running_mean"):
-                buffer.copy_(0.1 * torch.randn(buffer.shape, generator=generator))
-            elif name.endswith("running_var"):
-                buffer.copy_(0.5 + torch.rand(buffer.shape, generator=generator))
-    return model.eval()
+    return with_distinct_bn_statistics(model)
 
 
 @pytest.fixture

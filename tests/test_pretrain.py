@@ -111,3 +111,14 @@ def test_missing_config_and_resume_without_checkpoint(tmp_path):
     assert result.returncode == 2 and "does not exist" in result.stderr
     result = run([*QUICK, f"train.output_dir={tmp_path / 'fresh'}", "--resume"])
     assert result.returncode == 2 and "no checkpoint" in result.stderr
+
+
+def test_bf16_mixed_precision_trains_on_cpu(tmp_path):
+    out = tmp_path / "bf16"
+    result = run([*QUICK, "train.epochs=2", "train.max_steps_per_epoch=2", "train.mixed_precision=bf16",
+                  f"train.output_dir={out}"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    config = json.loads((out / "model" / "config.json").read_text())
+    assert config["robust_hub"]["training"]["mixed_precision"] == "bf16"
+    weights = load_file(out / "model" / "model.safetensors")
+    assert all(w.dtype == torch.float32 for w in weights.values() if w.is_floating_point())  # master weights stay fp32

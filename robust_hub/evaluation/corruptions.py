@@ -91,7 +91,7 @@ def load_cifar10c(
             raise RobustHubError(f"{root / (name + '.npy')} must be uint8 [{len(labels)}, H, W, 3], got {arr.dtype} {list(arr.shape)}")
         images[name] = {s: torch.from_numpy(np.array(arr[(s - 1) * per:(s - 1) * per + keep])).permute(0, 3, 1, 2)
                         for s in SEVERITIES}
-    first = torch.from_numpy(np.asarray(labels[:keep], dtype=np.int64))
+    first = torch.from_numpy(np.array(labels[:keep], dtype=np.int64))
     for s in SEVERITIES[1:]:
         if not np.array_equal(labels[(s - 1) * per:(s - 1) * per + keep], labels[:keep]):
             raise RobustHubError(f"{root / 'labels.npy'}: severity blocks do not share the same labels")
