@@ -1,14 +1,20 @@
-"""Evaluate a backbone: ``python eval_suite/evaluate.py MODEL --protocols slf,alf,aff --dataset cifar10 --out DIR``.
+"""Evaluate any backbone: the same code as ``robust-hub eval``.
 
-The same command as ``robust-hub eval``; see ``--help`` for every option.
+    python eval_suite/evaluate.py MODEL --protocols slf,alf,aff --dataset cifar10 --out results/
 """
 
+import argparse
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+from robust_hub.cli import run_with_errors
+from robust_hub.evaluation.cli import add_eval_arguments, run_eval_command
 
-from robust_hub.evaluation.cli import main
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_eval_arguments(parser)
+    return run_with_errors(run_eval_command, parser.parse_args())
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -138,3 +138,8 @@ def test_cli_reports_user_errors_in_one_line(tmp_path, capsys):
     assert err.startswith("error: ") and err.count("\n") == 1
     assert _cli(["x", "--out", str(tmp_path / "o"), "--protocols", "knn"]) == 2
     assert _cli(["x", "--out", str(tmp_path / "o"), "--set", "slf.nonsense=1"]) == 2
+
+
+def test_generated_corruption_set_honours_n_per_severity(data, tmp_path):
+    (rec,) = _run(TinyBackbone(), data, tmp_path, metrics="clean,c10c", c10c_generate=True, c10c_n_per_severity=10)
+    assert rec["metrics"]["c10c"]["n_per_severity"] == 10

@@ -455,7 +455,9 @@ def _autoattack(classifier, data: SplitData, opts: EvalOptions, eps: float, stat
 
 def _c10c(classifier, test: SplitData, opts: EvalOptions) -> dict:
     if opts.c10c_generate:
-        cset = generate_corruption_set(test.images, test.labels, seed=opts.seed, source=f"generated from {test.source}:{test.split}")
+        keep = slice(None, opts.c10c_n_per_severity)  # the first N test images, as for the official files
+        cset = generate_corruption_set(test.images[keep], test.labels[keep], seed=opts.seed,
+                                       source=f"generated from {test.source}:{test.split}")
     else:
         cset = load_cifar10c(opts.c10c_dir, n_per_severity=opts.c10c_n_per_severity)
         if int(cset.labels.max()) >= classifier.head.out_features:
