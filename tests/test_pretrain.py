@@ -70,6 +70,9 @@ def test_killed_mid_epoch_and_resumed_equals_uninterrupted(tmp_path):
     a, b = weights(straight), weights(interrupted)
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a), "resumed run diverged from the uninterrupted one"
+    losses = [json.loads((d / "model" / "config.json").read_text())["robust_hub"]["training"]["epoch_losses"]
+              for d in (straight, interrupted)]
+    assert losses[0] == losses[1]  # the interrupted epoch's mean covers all of its steps
 
 
 def test_run_writes_model_card_config_and_provenance(tmp_path):

@@ -38,14 +38,22 @@ class Progress:
     step_in_epoch: int = 0
     global_step: int = 0
     losses: list[float] = field(default_factory=list)  # one mean per finished epoch
+    epoch_loss_sum: float = 0.0  # of the current epoch, so a mid-epoch resume reports the whole epoch
 
     def state_dict(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
-                "global_step": self.global_step, "losses": list(self.losses)}
+        return {"epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "global_step": self.global_step,
+                "losses": list(self.losses), "epoch_loss_sum": self.epoch_loss_sum}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.epoch, self.step_in_epoch = int(state["epoch"]), int(state["step_in_epoch"])
         self.global_step, self.losses = int(state["global_step"]), list(state["losses"])
+        self.epoch_loss_sum = float(state["epoch_loss_sum"])
+
+    def finish_epoch(self) -> float:
+        mean = self.epoch_loss_sum / max(self.step_in_epoch, 1)
+        self.losses.append(mean)
+        self.epoch, self.step_in_epoch, self.epoch_loss_sum = self.epoch + 1, 0, 0.0
+        return mean
 
 
 class StopRequest:
@@ -210,18 +218,15 @@ class _Trainer:
         augment = SimCLRAugment(self.method.strength(p.epoch), size=self.config.data.image_size)
         bar = tqdm(batches, desc=f"epoch {p.epoch + 1}/{t.epochs}", disable=not acc.is_local_main_process,
                    initial=p.step_in_epoch, total=steps, dynamic_ncols=True)
-        epoch_losses = []
         for indices in bar:
             loss = self.train_step(augment, indices.to(acc.device), steps)
-            epoch_losses.append(loss)
             bar.set_postfix(loss=f"{loss:.4f}", lr=f"{self.optimizer.param_groups[0]['lr']:.3g}")
             signum = self.stop.agreed(acc)
             if signum:
                 return signum
-        p.losses.append(sum(epoch_losses) / max(len(epoch_losses), 1))
-        acc.log({"train/epoch_loss": p.losses[-1], "train/strength": augment.strength}, step=p.global_step)
-        log.info("epoch %d/%d: mean loss %.4f", p.epoch + 1, t.epochs, p.losses[-1])
-        p.epoch, p.step_in_epoch = p.epoch + 1, 0
+        mean = p.finish_epoch()
+        acc.log({"train/epoch_loss": mean, "train/strength": augment.strength}, step=p.global_step)
+        log.info("epoch %d/%d: mean loss %.4f", p.epoch, t.epochs, mean)
         return 0
 
     def train_step(self, augment: SimCLRAugment, indices: torch.Tensor, steps: int) -> float:
@@ -241,6 +246,7 @@ class _Trainer:
         p.step_in_epoch += 1
         p.global_step += 1
         value = acc.reduce(loss.detach(), reduction="mean").item()
+        p.epoch_loss_sum += value
         if p.global_step % self.config.train.log_every == 0:
             lr = self.optimizer.param_groups[0]["lr"]
             acc.log({"train/loss": value, "train/lr": lr}, step=p.global_step)
