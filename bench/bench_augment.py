@@ -11,18 +11,12 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 from torchvision.transforms import v2
 
-try:
-    import robust_hub  # noqa: F401
-except ImportError:  # run from a checkout without installing it
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from robust_hub.data import DEFAULT_DATASET, SimCLRAugment, load_image_dataset
 

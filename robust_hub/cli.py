@@ -70,22 +70,34 @@ def run_inspect_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_card_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="a saved robust-hub model directory (with README.md)")
+    parser.add_argument("--results", required=True, help="the --out directory of `robust-hub eval`")
+
+
+def run_card_command(args: argparse.Namespace) -> int:
+    from robust_hub.evaluation.card import update_card_with_results
+
+    count = update_card_with_results(args.model, args.results)
+    print(f"model card {args.model}/README.md now shows {count} evaluation result(s)")
+    return 0
+
+
 def _commands() -> dict[str, tuple[str, Callable, Callable]]:
-    commands = {
+    from robust_hub.evaluation.cli import add_eval_arguments, run_eval_command
+
+    return {
         "pretrain": ("pre-train a backbone (single process; use `accelerate launch trainers/pretrain.py` for more)",
                      add_pretrain_arguments, run_pretrain_command),
         "convert": ("convert a reference-code .pt checkpoint to the Hugging Face format",
                     add_convert_arguments, run_convert_command),
         "inspect": ("print what a saved backbone is", add_inspect_arguments, run_inspect_command),
         "push": ("upload a saved backbone to the Hugging Face Hub", add_push_arguments, run_push_command),
+        "eval": ("evaluate any backbone: SLF/ALF/AFF, clean, PGD-20, AutoAttack, CIFAR-10-C",
+                 add_eval_arguments, run_eval_command),
+        "card": ("put the evaluation results of a model's weights into its model card",
+                 add_card_arguments, run_card_command),
     }
-    try:
-        from robust_hub.evaluation.cli import add_eval_arguments, run_eval_command
-    except ImportError:  # the evaluation suite is optional at import time only while it is being built
-        return commands
-    commands["eval"] = ("evaluate any backbone: SLF/ALF/AFF, clean, PGD-20, AutoAttack, CIFAR-10-C",
-                        add_eval_arguments, run_eval_command)
-    return commands
 
 
 def build_parser() -> argparse.ArgumentParser:

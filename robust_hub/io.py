@@ -18,6 +18,8 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -25,8 +27,9 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
         raise
 
 
-def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
-    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+def write_json_atomic(path: str | os.PathLike, data: Any, sort_keys: bool = False) -> None:
+    """JSON with NaN/Infinity refused: they are not JSON, and a result holding one is a bug."""
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=sort_keys, allow_nan=False, default=str) + "\n")
 
 
 @contextlib.contextmanager

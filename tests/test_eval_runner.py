@@ -1,10 +1,8 @@
 """The whole suite end to end: protocols, metrics, records, resume, masked models, CLI."""
 
 import argparse
-import json
 
 import pytest
-import torch
 from test_eval_helpers import RoundingBackbone, TinyBackbone, synthetic_split
 from test_eval_loading import save_tiny_hf_resnet, save_tiny_timm
 

@@ -204,10 +204,6 @@ def _load_timm_dir(path: Path, info_kw: dict) -> EvalBackbone:
     import timm
 
     try:
-        import robust_hub.models  # noqa: F401  (registers robust-hub architectures with timm)
-    except ImportError:
-        pass
-    try:
         model = timm.create_model(f"local-dir:{path}", pretrained=True, num_classes=0)
     except RuntimeError as exc:
         raise RobustHubError(f"{path}: weights do not match the architecture in config.json ({exc})") from exc

@@ -10,14 +10,13 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import re
-import tempfile
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from robust_hub.errors import RobustHubError
+from robust_hub.io import write_json_atomic
 
 SCHEMA_VERSION = "1"
 METRIC_NAMES = ("clean", "pgd20", "autoattack", "c10c")
@@ -25,18 +24,7 @@ METRIC_NAMES = ("clean", "pgd20", "autoattack", "c10c")
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:
     """Write ``obj`` as JSON to ``path`` so readers see either the old or the new file, never half."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=True, allow_nan=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_json_atomic(path, obj, sort_keys=True)
 
 
 def read_json(path: str | Path) -> Any:
