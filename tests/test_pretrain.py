@@ -59,8 +59,10 @@ def test_killed_mid_epoch_and_resumed_equals_uninterrupted(tmp_path):
             break
     process.stderr.read()
     assert process.wait(timeout=120) == 128 + signal.SIGTERM
-    checkpoints = sorted((interrupted / "checkpoints").glob("step_*"))
-    assert len(checkpoints) == 1 and not (interrupted / "model").exists()
+    checkpoints = sorted((interrupted / "checkpoints").iterdir())
+    assert len(checkpoints) == 1 and checkpoints[0].name.startswith("step_") and not (interrupted / "model").exists()
+    assert (checkpoints[0] / "progress.json").is_file()
+    assert not list(checkpoints[0].glob("custom_checkpoint_*"))  # nothing that would be unpickled unsafely
     stopped_at = int(checkpoints[0].name.split("_")[1])
     assert stopped_at % 4 != 0, "the signal should land mid-epoch"
 
@@ -125,3 +127,11 @@ def test_bf16_mixed_precision_trains_on_cpu(tmp_path):
     assert config["robust_hub"]["training"]["mixed_precision"] == "bf16"
     weights = load_file(out / "model" / "model.safetensors")
     assert all(w.dtype == torch.float32 for w in weights.values() if w.is_floating_point())  # master weights stay fp32
+
+
+def test_resume_from_a_directory_that_is_not_a_checkpoint(tmp_path):
+    bogus = tmp_path / "bogus"
+    bogus.mkdir()
+    (bogus / "model.safetensors").write_bytes(b"")
+    result = run([*QUICK, f"train.output_dir={tmp_path / 'out'}", "--resume", str(bogus)])
+    assert result.returncode == 2 and "not a robust-hub checkpoint" in result.stderr

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import shutil
 import signal
 import time
@@ -28,6 +30,7 @@ from robust_hub.training.optim import build_optimizer, build_scheduler
 
 log = logging.getLogger("robust_hub.pretrain")
 CHECKPOINTS = "checkpoints"
+PROGRESS_FILE = "progress.json"
 
 
 @dataclass
@@ -102,9 +105,11 @@ def pretrain(config: RunConfig, resume: str | bool | None = None) -> PretrainRes
     scheduler = build_scheduler(optimizer, config.train)
     model, optimizer = accelerator.prepare(model, optimizer)
     progress = Progress()
-    accelerator.register_for_checkpointing(scheduler, progress)
     if checkpoint_to_load:
+        # The scheduler is stepped with absolute epoch progress and needs no state; the progress
+        # is JSON, so nothing registered with Accelerate is unpickled without weights_only.
         accelerator.load_state(str(checkpoint_to_load))
+        progress.load_state_dict(_read_progress(checkpoint_to_load))
         log.info("resumed from %s at epoch %d step %d", checkpoint_to_load, progress.epoch, progress.step_in_epoch)
     _write_run_files(accelerator, config, out, train_set, val_set)
     accelerator.init_trackers("pretrain", config=_flat(config.to_dict()))
@@ -146,9 +151,18 @@ def _find_checkpoint(out: Path, resume: str | bool) -> Path:
             raise RobustHubError(f"--resume: no checkpoint under {out / CHECKPOINTS}")
         return candidates[-1]
     path = Path(resume)
-    if not (path / "model.safetensors").is_file() and not any(path.glob("model*.safetensors")):
+    if not (path / PROGRESS_FILE).is_file() or not any(path.glob("model*.safetensors")):
         raise RobustHubError(f"--resume: {path} is not a robust-hub checkpoint directory")
     return path
+
+
+def _read_progress(checkpoint: Path) -> dict[str, Any]:
+    try:
+        state = json.loads((checkpoint / PROGRESS_FILE).read_text(encoding="utf-8"))
+        Progress().load_state_dict(state)  # validates the fields
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise RobustHubError(f"--resume: {checkpoint / PROGRESS_FILE} is missing or corrupt ({error})") from None
+    return state
 
 
 def _write_run_files(accelerator: Accelerator, config: RunConfig, out: Path,
@@ -254,11 +268,17 @@ class _Trainer:
         return value
 
     def save_checkpoint(self) -> Path:
+        """Accelerate's state plus progress.json, staged under a temporary name, then renamed."""
         acc = self.accelerator
         path = self.out / CHECKPOINTS / f"step_{self.progress.global_step:08d}"
+        staging = path.with_name(f".{path.name}.tmp")
         acc.wait_for_everyone()
-        acc.save_state(str(path))
+        acc.save_state(str(staging))
+        acc.wait_for_everyone()
         if acc.is_main_process:
+            write_json_atomic(staging / PROGRESS_FILE, self.progress.state_dict())
+            shutil.rmtree(path, ignore_errors=True)
+            os.replace(staging, path)
             older = sorted((self.out / CHECKPOINTS).glob("step_*"))[: -self.config.train.keep_checkpoints]
             for stale in older:
                 shutil.rmtree(stale, ignore_errors=True)
