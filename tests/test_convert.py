@@ -122,8 +122,11 @@ def test_bad_reference_files_fail_clearly(tmp_path, capsys):
     from robust_hub.cli import main
 
     torch.save({"state_dict": reference_model().state_dict(), "args": Opaque()}, tmp_path / "pickle.pt")
-    with pytest.raises(RobustHubError, match="weights_only"):
+    with pytest.raises(RobustHubError, match="Opaque object besides tensors"):
         convert_reference_checkpoint(tmp_path / "pickle.pt")
+    (tmp_path / "notes.txt").write_text("0123 this is not a checkpoint\n")
+    with pytest.raises(RobustHubError, match="not a PyTorch checkpoint"):
+        convert_reference_checkpoint(tmp_path / "notes.txt")
     (tmp_path / "corrupt.pt").write_bytes(b"\x00garbage")
     with pytest.raises(RobustHubError, match="corrupt"):
         convert_reference_checkpoint(tmp_path / "corrupt.pt")

@@ -7,6 +7,7 @@ from test_eval_helpers import RoundingBackbone, TinyBackbone, synthetic_split
 from test_eval_loading import save_tiny_hf_resnet, save_tiny_timm
 
 import robust_hub.evaluation.runner as runner
+from robust_hub.errors import RobustHubError
 from robust_hub.evaluation import evaluate, load_records
 from robust_hub.evaluation.cli import add_eval_arguments, run_eval_command
 
@@ -141,3 +142,9 @@ def test_cli_reports_user_errors_in_one_line(tmp_path, capsys):
 def test_generated_corruption_set_honours_n_per_severity(data, tmp_path):
     (rec,) = _run(TinyBackbone(), data, tmp_path, metrics="clean,c10c", c10c_generate=True, c10c_n_per_severity=10)
     assert rec["metrics"]["c10c"]["n_per_severity"] == 10
+
+
+def test_linf_eps_above_one_is_refused_before_any_work(data, tmp_path):
+    with pytest.raises(RobustHubError, match="L-inf eps"):
+        _run(TinyBackbone(), data, tmp_path, eps=9.0)
+    assert not list(tmp_path.glob("*.json"))

@@ -267,6 +267,8 @@ def evaluate(
                        attack_masked_models)
     if opts.eps < 0 or any(e < 0 for e in opts.eps_curve):
         raise RobustHubError("eps must be non-negative")
+    if opts.norm == "linf" and max([opts.eps, *opts.eps_curve]) > 1:
+        raise RobustHubError("an L-inf eps is in [0,1] pixel units (e.g. 8/255); got more than 1")
     if "c10c" in opts.metrics and opts.c10c_dir is None and not opts.c10c_generate:
         raise RobustHubError("the c10c metric needs --c10c-dir (official CIFAR-10-C files) or --c10c-generate")
     dataset_name = dataset.lower() if isinstance(dataset, str) else "custom"

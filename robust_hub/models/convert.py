@@ -34,8 +34,11 @@ def read_reference_state(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        raise RobustHubError(f"{path} holds objects beyond tensors and is refused (weights_only=True): "
-                             f"{str(error).splitlines()[0]}") from None
+        forbidden = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+        if forbidden:
+            raise RobustHubError(f"{path} holds a {forbidden.group(1)} object besides tensors; refused, since "
+                                 "loading it would run code (weights_only=True)") from None
+        raise RobustHubError(f"{path} is corrupt or not a PyTorch checkpoint") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as error:
         raise RobustHubError(f"{path} is corrupt or not a PyTorch checkpoint ({str(error).splitlines()[0]})") from None
     for key in NESTED_KEYS:
