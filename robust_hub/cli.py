@@ -40,13 +40,12 @@ def run_pretrain_command(args: argparse.Namespace) -> int:
 def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", help="reference-code .pt checkpoint (read with weights_only=True)")
     parser.add_argument("output", help="directory to write the Hugging Face model to")
-    parser.add_argument("--arch", default="robust_resnet18", help="architecture of the checkpoint")
 
 
 def run_convert_command(args: argparse.Namespace) -> int:
     from robust_hub.models.convert import convert_reference_checkpoint
 
-    model = convert_reference_checkpoint(args.checkpoint, arch=args.arch)
+    model = convert_reference_checkpoint(args.checkpoint)
     model.save_pretrained(args.output, metadata={"converted_from": str(args.checkpoint)})
     print(f"model written to {args.output}")
     return 0

@@ -83,14 +83,14 @@ def infer_resnet_args(state: dict[str, torch.Tensor]) -> dict:
     )
 
 
-def convert_reference_checkpoint(path: str | Path, arch: str | None = None) -> RobustBackbone:
-    """A robust-hub backbone holding the checkpoint's weights (pgd route by default)."""
+def convert_reference_checkpoint(path: str | Path) -> RobustBackbone:
+    """A robust-hub backbone holding the checkpoint's weights (pgd route by default).
+
+    The ResNet's depth, widths, stem and head are read off the checkpoint itself.
+    """
     state = rename_reference_keys(read_reference_state(path))
     check_finite(state, source=str(path))
-    args = infer_resnet_args(state)
-    if arch not in (None, "auto", "robust_resnet18", "robust_resnet34", "robust_resnet50"):
-        raise RobustHubError(f"conversion supports the reference ResNets; got --arch {arch!r}")
-    model = create_backbone("robust_resnet18", **args)
+    model = create_backbone("robust_resnet18", **infer_resnet_args(state))
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as error:
