@@ -21,6 +21,14 @@ from robust_hub.errors import RobustHubError
 FRACTION = re.compile(r"^\s*(\d+(?:\.\d*)?)\s*/\s*(\d+(?:\.\d*)?)\s*$")
 
 
+def parse_fraction(text: str) -> float:
+    """``8/255``, ``0.031`` or ``1e-3`` as a float; ValueError otherwise (also for x/0)."""
+    match = FRACTION.match(text)
+    if match:
+        return float(match.group(1)) / float(match.group(2))
+    return float(text)
+
+
 @dataclass(frozen=True)
 class DataConfig:
     source: str = "embedded:digits"
@@ -155,8 +163,7 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
         hint = next(a for a in args if a is not type(None))
     if hint is float:
         if isinstance(value, str) and FRACTION.match(value):
-            num, den = FRACTION.match(value).groups()
-            value = float(num) / float(den)
+            value = parse_fraction(value)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
     elif hint is int and isinstance(value, int) and not isinstance(value, bool):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import platform
 import sys
 from datetime import datetime, timezone
@@ -15,18 +16,19 @@ PACKAGES = ("robust-hub", "torch", "torchvision", "timm", "transformers", "datas
 
 
 def library_versions() -> dict[str, str]:
+    """Installed versions, keyed by import-style name (``robust_hub``, ``huggingface_hub``)."""
     versions = {"python": platform.python_version()}
     for name in PACKAGES:
         try:
-            versions[name] = importlib.metadata.version(name)
+            versions[name.replace("-", "_")] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
-            versions[name] = "not installed"
+            versions[name.replace("-", "_")] = "not installed"
     return versions
 
 
 def hardware() -> dict[str, Any]:
     info: dict[str, Any] = {"platform": platform.platform(), "processor": platform.machine(),
-                            "cpu_threads": torch.get_num_threads()}
+                            "cpu_count": os.cpu_count(), "cpu_threads": torch.get_num_threads()}
     if torch.cuda.is_available():
         info["cuda_devices"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
         info["cuda"] = torch.version.cuda

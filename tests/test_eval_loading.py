@@ -83,8 +83,6 @@ def test_transformers_resnet_without_processor_flags_guessed_normalisation(tmp_p
 def test_robust_hub_backbone_directory(tmp_path, images):
     import robust_hub
 
-    if not hasattr(robust_hub, "create_backbone"):
-        pytest.skip("robust_hub.create_backbone is not available in this checkout")
     model = robust_hub.create_backbone("robust_resnet_tiny").eval()
     model.save_pretrained(tmp_path / "rh")
     bb = load_backbone(tmp_path / "rh")

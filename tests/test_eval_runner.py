@@ -1,6 +1,5 @@
 """The whole suite end to end: protocols, metrics, records, resume, masked models, CLI."""
 
-import argparse
 
 import pytest
 from test_eval_helpers import RoundingBackbone, TinyBackbone, synthetic_split
@@ -9,7 +8,7 @@ from test_eval_loading import save_tiny_hf_resnet, save_tiny_timm
 import robust_hub.evaluation.runner as runner
 from robust_hub.errors import RobustHubError
 from robust_hub.evaluation import evaluate, load_records
-from robust_hub.evaluation.cli import add_eval_arguments, run_eval_command
+from robust_hub.evaluation.cli import main as eval_main
 
 FAST = {"epochs": 1, "batch_size": 16, "augment": False}
 
@@ -109,16 +108,12 @@ def test_hub_libraries_go_through_the_whole_suite(kind, data, tmp_path):
 
 
 def _cli(argv):
-    parser = argparse.ArgumentParser()
-    add_eval_arguments(parser)
-    return run_eval_command(parser.parse_args(argv))
+    return eval_main(argv)
 
 
 def test_cli_with_the_data_layer_and_a_robust_hub_backbone(tmp_path, capsys):
     import robust_hub
 
-    if not hasattr(robust_hub, "create_backbone"):
-        pytest.skip("robust_hub.create_backbone is not available in this checkout")
     robust_hub.create_backbone("robust_resnet_tiny").save_pretrained(tmp_path / "rh")
     code = _cli([str(tmp_path / "rh"), "--protocols", "slf", "--dataset", "embedded:digits", "--out",
                  str(tmp_path / "out"), "--n-train", "32", "--n-test", "16", "--epochs", "1", "--set", "augment=false",

@@ -1,5 +1,6 @@
 """The training entry point, run for real: several processes, signals, resume, bad input."""
 
+import importlib.metadata
 import json
 import os
 import signal
@@ -85,7 +86,8 @@ def test_run_writes_model_card_config_and_provenance(tmp_path):
     config = json.loads((out / "model" / "config.json").read_text())
     training = config["robust_hub"]["training"]
     assert training["config"]["train"]["epochs"] == 2 and training["seeds"]["seed"] == 1
-    assert training["versions"]["torch"] == torch.__version__.split("+")[0] or training["versions"]["torch"]
+    assert training["versions"]["torch"] == importlib.metadata.version("torch")
+    assert training["versions"]["robust_hub"] == robust_hub.__version__
     assert len(training["epoch_losses"]) == 2
     card = (out / "model" / "README.md").read_text()
     assert "ACL" in card and "embedded:digits" in card and "robust_resnet_tiny" in card

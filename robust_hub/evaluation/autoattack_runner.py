@@ -54,15 +54,6 @@ def import_autoattack():
     return AutoAttack
 
 
-def autoattack_version() -> str:
-    try:
-        import pyautoattack
-
-        return pyautoattack.__version__
-    except ImportError:
-        return "unavailable"
-
-
 @dataclass
 class AutoAttackResult:
     clean_acc: float

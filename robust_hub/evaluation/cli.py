@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
+from robust_hub.cli import run_with_errors
+from robust_hub.config import parse_fraction
 from robust_hub.errors import RobustHubError
 
 
 def _eps(text: str) -> float:
     """Parse ``8/255``, ``0.031`` or ``0.5``."""
     try:
-        if "/" in text:
-            num, den = text.split("/", 1)
-            return float(num) / float(den)
-        return float(text)
+        return parse_fraction(text)
     except (ValueError, ZeroDivisionError) as exc:
         raise argparse.ArgumentTypeError(f"not a number or fraction: {text!r}") from exc
 
@@ -71,27 +69,23 @@ def _overrides(args: argparse.Namespace) -> dict:
 
 
 def run_eval_command(args: argparse.Namespace) -> int:
-    """Run the evaluation described by ``args``; prints ``error: ...`` and returns 2 on bad input."""
+    """Run the evaluation described by ``args`` (bad input raises RobustHubError)."""
     from robust_hub.evaluation.runner import evaluate
 
-    try:
-        evaluate(
-            args.model, protocols=args.protocols, dataset=args.dataset, out_dir=args.out, revision=args.revision,
-            allow_pickle=args.allow_pickle, metrics=args.metrics, norm=args.norm, eps=args.eps,
-            eps_curve=args.eps_curve, eps_curve_attack=args.eps_curve_attack, seed=args.seed,
-            train_split=args.train_split, test_split=args.test_split, n_train=args.n_train, n_test=args.n_test,
-            n_autoattack=args.n_autoattack, protocol_overrides=_overrides(args), c10c_dir=args.c10c_dir,
-            c10c_generate=args.c10c_generate, c10c_n_per_severity=args.c10c_n_per_severity,
-            autoattack_version=args.autoattack_version, autoattack_chunk_size=args.autoattack_chunk_size,
-            batch_size=args.batch_size, device=args.device, progress=not args.no_progress,
-        )
-    except RobustHubError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    evaluate(
+        args.model, protocols=args.protocols, dataset=args.dataset, out_dir=args.out, revision=args.revision,
+        allow_pickle=args.allow_pickle, metrics=args.metrics, norm=args.norm, eps=args.eps,
+        eps_curve=args.eps_curve, eps_curve_attack=args.eps_curve_attack, seed=args.seed,
+        train_split=args.train_split, test_split=args.test_split, n_train=args.n_train, n_test=args.n_test,
+        n_autoattack=args.n_autoattack, protocol_overrides=_overrides(args), c10c_dir=args.c10c_dir,
+        c10c_generate=args.c10c_generate, c10c_n_per_severity=args.c10c_n_per_severity,
+        autoattack_version=args.autoattack_version, autoattack_chunk_size=args.autoattack_chunk_size,
+        batch_size=args.batch_size, device=args.device, progress=not args.no_progress,
+    )
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="robust-hub eval", description="Evaluate a backbone with SLF, ALF and AFF.")
     add_eval_arguments(parser)
-    return run_eval_command(parser.parse_args(argv))
+    return run_with_errors(run_eval_command, parser.parse_args(argv))

@@ -213,10 +213,8 @@ def _load_timm_dir(path: Path, info_kw: dict) -> EvalBackbone:
 
 
 def _load_robust_hub_dir(path: Path, info_kw: dict) -> EvalBackbone:
-    try:
-        from robust_hub import from_pretrained  # type: ignore[attr-defined]
-    except ImportError:
-        return _load_timm_dir(path, info_kw)
+    from robust_hub import from_pretrained
+
     model = from_pretrained(str(path)).eval()
     return _wrap_timm(model, ModelInfo(**info_kw))
 

@@ -9,7 +9,6 @@ import copy
 import hashlib
 import json
 import os
-import platform
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -21,8 +20,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from robust_hub.errors import RobustHubError
+from robust_hub.provenance import hardware, library_versions
 from robust_hub.evaluation.attacks import PGDConfig, margin_input_gradient_norms, parse_norm, pgd
-from robust_hub.evaluation.autoattack_runner import MASKED_GRADIENT_THRESHOLD, autoattack_version, run_autoattack
+from robust_hub.evaluation.autoattack_runner import MASKED_GRADIENT_THRESHOLD, run_autoattack
 from robust_hub.evaluation.corruptions import corruption_accuracy, generate_corruption_set, load_cifar10c
 from robust_hub.evaluation.loading import EvalBackbone, load_backbone
 from robust_hub.evaluation.protocols import (PROTOCOLS, Classifier, ProtocolConfig, default_protocol_config, finetune,
@@ -86,22 +86,8 @@ def load_split(dataset: str, split: str) -> SplitData:
     return SplitData.from_dataset(load_image_dataset(source, split=split, **kwargs), split)
 
 
-def _versions() -> dict:
-    import robust_hub
-
-    out = {"python": platform.python_version(), "torch": torch.__version__, "robust_hub": robust_hub.__version__,
-           "autoattack": autoattack_version()}
-    for name in ("timm", "transformers", "torchvision", "numpy"):
-        try:
-            out[name] = __import__(name).__version__
-        except ImportError:
-            out[name] = "unavailable"
-    return out
-
-
 def _hardware(device: torch.device) -> dict:
-    hw = {"platform": platform.platform(), "machine": platform.machine(), "cpu_count": os.cpu_count(),
-          "torch_threads": torch.get_num_threads(), "device": str(device)}
+    hw = {**hardware(), "device": str(device)}
     if device.type == "cuda":
         hw["gpu"] = torch.cuda.get_device_name(device)
     return hw
@@ -329,7 +315,7 @@ def _evaluate_protocol(backbone: EvalBackbone, cfg: ProtocolConfig, train: Split
         threat=ThreatSection(opts.norm, opts.eps),
         metrics=metrics,
         seeds=seeds,
-        versions=_versions(),
+        versions=library_versions(),
         hardware=_hardware(opts.device),
         wall_time_s={k: round(v, 3) for k, v in walls.items()},
         flags=sorted(set(flags) | set(info.flags)),
