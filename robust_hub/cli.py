@@ -84,6 +84,8 @@ def run_card_command(args: argparse.Namespace) -> int:
 
 def _commands() -> dict[str, tuple[str, Callable, Callable]]:
     from robust_hub.evaluation.cli import add_eval_arguments, run_eval_command
+    from robust_hub.leaderboard.cli import (add_leaderboard_arguments, add_submit_arguments, run_leaderboard_command,
+                                            run_submit_command)
 
     return {
         "pretrain": ("pre-train a backbone (single process; use `accelerate launch trainers/pretrain.py` for more)",
@@ -96,6 +98,10 @@ def _commands() -> dict[str, tuple[str, Callable, Callable]]:
                  add_eval_arguments, run_eval_command),
         "card": ("put the evaluation results of a model's weights into its model card",
                  add_card_arguments, run_card_command),
+        "submit": ("submit a Hub model to the leaderboard (a PENDING request pinned to a commit)",
+                   add_submit_arguments, run_submit_command),
+        "leaderboard": ("run the leaderboard's queue, or rebuild its page", add_leaderboard_arguments,
+                        run_leaderboard_command),
     }
 
 

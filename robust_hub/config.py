@@ -78,6 +78,7 @@ class TrainConfig:
     mixed_precision: str | None = None  # None: whatever `accelerate launch` was told
     log_every: int = 10  # steps
     max_steps_per_epoch: int | None = None  # cut epochs short, for smoke runs
+    push_to_hub: str | None = None  # ORG/NAME: upload the model (with its card) when training ends
 
 
 @dataclass(frozen=True)
@@ -209,3 +210,4 @@ def validate(config: RunConfig) -> None:
     _check(t.mixed_precision in (None, "no", "fp16", "bf16"), f"train.mixed_precision must be no, fp16 or bf16, got {t.mixed_precision!r}")
     _check(t.log_every >= 1, f"train.log_every must be >= 1, got {t.log_every}")
     _check(t.max_steps_per_epoch is None or t.max_steps_per_epoch >= 1, "train.max_steps_per_epoch must be >= 1")
+    _check(t.push_to_hub is None or t.push_to_hub.count("/") == 1, "train.push_to_hub must be a Hub repo id ORG/NAME")

@@ -32,11 +32,13 @@ def validate_model_dir(model_dir: str | Path) -> dict:
 
 
 def push_to_hub(model_dir: str | Path, repo_id: str, *, revision: str | None = None, private: bool = False,
-                commit_message: str | None = None, token: str | None = None) -> str:
+                commit_message: str | None = None, token: str | None = None, results: list[str] = ()) -> str:
     """Upload a saved robust-hub model directory to ``repo_id`` (created if needed); return the commit sha.
 
-    ``revision`` is a branch, created from ``main`` when it does not exist yet. ``token`` defaults to the usual
-    huggingface_hub token (``HF_TOKEN`` or ``hf auth login``).
+    The model card is rendered from ``model_cards/published.md`` with the results already in the repo plus
+    those found in ``results`` (``robust-hub eval --out`` directories or leaderboard stores); see
+    :mod:`robust_hub.publishing`. ``revision`` is a branch, created from ``main`` when it does not exist yet.
+    ``token`` defaults to the usual huggingface_hub token (``HF_TOKEN`` or ``hf auth login``).
     """
     if repo_id.count("/") != 1 or repo_id.startswith(("/", ".")) or repo_id.endswith("/"):
         raise RobustHubError(f"{repo_id!r} is not a Hub repo id of the form 'org/name'")
@@ -51,11 +53,8 @@ def push_to_hub(model_dir: str | Path, repo_id: str, *, revision: str | None = N
         api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
         if revision is not None and revision != "main":
             api.create_branch(repo_id, branch=revision, repo_type="model", exist_ok=True)
-        info = api.upload_folder(
-            folder_path=str(model_dir), repo_id=repo_id, repo_type="model", revision=revision,
-            commit_message=commit_message or f"Upload {config['architecture']} with robust-hub",
-            ignore_patterns=PICKLE_PATTERNS,
-        )
+        return _push(api, Path(model_dir), repo_id, config, revision, list(results),
+                     commit_message or f"Upload {config['architecture']} with robust-hub")
     except OfflineModeIsEnabled:
         raise RobustHubError("cannot push while HF_HUB_OFFLINE is set; unset it to reach the Hub") from None
     except RevisionNotFoundError:
@@ -67,7 +66,27 @@ def push_to_hub(model_dir: str | Path, repo_id: str, *, revision: str | None = N
     except httpx.HTTPError as error:
         raise RobustHubError(f"could not push to {repo_id!r}: the Hub at {api.endpoint} cannot be reached "
                              f"({type(error).__name__})") from None
-    return info.oid
+
+
+def _push(api, model_dir: Path, repo_id: str, config: dict, revision: str | None, results: list[str],
+          message: str) -> str:
+    """One commit with the weights and the card; two when local results must be pinned to the weights' commit."""
+    from huggingface_hub import CommitOperationAdd
+
+    from robust_hub.publishing import card_operations, collect_results
+
+    local, leaderboard = collect_results(model_dir, repo_id, results)
+    files = [CommitOperationAdd(str(p.relative_to(model_dir)), str(p)) for p in sorted(model_dir.rglob("*"))
+             if p.is_file() and not any(part.startswith(".") for part in p.relative_to(model_dir).parts)
+             and not p.match("README.md") and not any(p.match(pattern) for pattern in PICKLE_PATTERNS)]
+    head = api.model_info(repo_id, revision=revision).sha
+    if local:  # pin them to the commit that uploads the weights they evaluated
+        head = api.create_commit(repo_id, operations=files, revision=revision, parent_commit=head,
+                                 commit_message=message).oid
+        files, message = [], "Model card and evaluation results (robust-hub)"
+    card = card_operations(api, repo_id, model_dir, config, head, local, leaderboard)
+    return api.create_commit(repo_id, operations=files + card, revision=revision, parent_commit=head,
+                             commit_message=message).oid
 
 
 def _one_line(error: Exception) -> str:
@@ -85,13 +104,16 @@ def add_push_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--revision", default=None, metavar="BRANCH", help="branch to commit to (default: main)")
     parser.add_argument("--private", action="store_true", help="create the repo as private")
     parser.add_argument("--message", default=None, help="commit message")
+    parser.add_argument("--results", action="append", default=[], metavar="DIR_OR_STORE",
+                        help="put these results in the card: a `robust-hub eval --out` directory (records of these "
+                             "weights) or a leaderboard store (its results for this repo); repeatable")
 
 
 def run_push_command(args: argparse.Namespace) -> int:
     from huggingface_hub import constants
 
     sha = push_to_hub(args.model_dir, args.repo_id, revision=args.revision, private=args.private,
-                      commit_message=args.message)
+                      commit_message=args.message, results=args.results)
     print(f"pushed {args.model_dir} to {constants.ENDPOINT}/{args.repo_id}/commit/{sha}")
     print(sha)
     return 0

@@ -222,7 +222,13 @@ class _Trainer:
             if t.checkpoint_every and p.epoch % t.checkpoint_every == 0 and p.epoch < t.epochs:
                 self.save_checkpoint()
         checkpoint = self.save_checkpoint()
-        return PretrainResult(self.save_model(), checkpoint)
+        model_dir = self.save_model()
+        if self.config.train.push_to_hub and self.accelerator.is_main_process:
+            from robust_hub.hub_push import push_to_hub
+
+            log.info("pushed to %s: commit %s", self.config.train.push_to_hub,
+                     push_to_hub(model_dir, self.config.train.push_to_hub))
+        return PretrainResult(model_dir, checkpoint)
 
     def _run_epoch(self) -> int:
         p, acc, t = self.progress, self.accelerator, self.config.train
@@ -298,7 +304,10 @@ class _Trainer:
             }
             metadata = {"training": {"config": self.config.to_dict(), "seeds": env["seeds"],
                                      "versions": env["versions"], "epoch_losses": self.progress.losses,
-                                     "num_processes": acc.num_processes, "mixed_precision": acc.mixed_precision}}
+                                     "num_processes": acc.num_processes, "mixed_precision": acc.mixed_precision,
+                                     "hardware": facts["hardware"], "wall_time": facts["wall_time"],
+                                     "data": {"source": self.config.data.source, "images": len(self.train_set),
+                                              "fingerprint": getattr(self.train_set, "fingerprint", None)}}}
             plot = loss_curve_png(self.progress.losses, f"{self.method.name.upper()} on {self.config.data.source}")
             facts["loss_plot"] = "training_loss.png"
             card = render_backbone_card(self.raw_model, self.config, facts)

@@ -1,0 +1,105 @@
+"""``robust-hub submit`` and ``robust-hub leaderboard run|build``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from robust_hub.errors import RobustHubError
+
+STORE_ENV = "ROBUST_HUB_LEADERBOARD_STORE"
+
+
+def _store_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--store", default=os.environ.get(STORE_ENV),
+                        help=f"leaderboard store: a directory or hf://datasets/ORG/NAME (default ${STORE_ENV})")
+
+
+def _open(args: argparse.Namespace):
+    from robust_hub.leaderboard.store import open_store
+
+    if not args.store:
+        raise RobustHubError(f"no leaderboard store: give --store DIR|hf://datasets/ORG/NAME or set {STORE_ENV}")
+    return open_store(args.store)
+
+
+def add_submit_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model_id", help="Hub model id ORG/NAME (safetensors weights, no remote code)")
+    parser.add_argument("--revision", default=None, help="branch, tag or commit (pinned to its commit; default main)")
+    _store_argument(parser)
+
+
+def run_submit_command(args: argparse.Namespace) -> int:
+    from robust_hub.leaderboard.runner import submit
+
+    request = submit(_open(args), args.model_id, args.revision)
+    print(f"submitted {request.model_id} at commit {request.commit}: request {request.id} is PENDING")
+    return 0
+
+
+def add_leaderboard_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    run = sub.add_parser("run", help="evaluate pending requests, then rebuild the page")
+    build = sub.add_parser("build", help="rebuild the page from the store")
+    for p in (run, build):
+        _store_argument(p)
+        p.add_argument("--site", required=True, help="directory to write index.html and leaderboard.md to")
+        p.add_argument("--key-file", default=None, help="the leaderboard's signing key (default $ROBUST_HUB_LEADERBOARD_KEY, "
+                       "else ~/.config/robust-hub/leaderboard.key, made by the first run)")
+    run.add_argument("--work-dir", default="leaderboard_work", help="scratch space for evaluations in progress")
+    run.add_argument("--protocols", default="slf,alf,aff")
+    run.add_argument("--dataset", default="cifar10")
+    run.add_argument("--metrics", default="clean,pgd20,autoattack")
+    run.add_argument("--eps", default="8/255")
+    run.add_argument("--eps-curve", default="", help="comma-separated eps values for an accuracy-vs-eps curve")
+    run.add_argument("--epochs", type=int, default=None, help="override every protocol's finetuning epochs")
+    run.add_argument("--n-train", type=int, default=None)
+    run.add_argument("--n-test", type=int, default=None)
+    run.add_argument("--n-autoattack", type=int, default=None)
+    run.add_argument("--c10c-generate", action="store_true")
+    run.add_argument("--c10c-n-per-severity", type=int, default=None)
+    run.add_argument("--device", default="auto")
+    run.add_argument("--reclaim", action="store_true", help="also take RUNNING requests whose runner is known dead")
+
+
+def _settings(args: argparse.Namespace):
+    from robust_hub.config import parse_fraction
+    from robust_hub.leaderboard.runner import EvalSettings
+
+    try:
+        eps = parse_fraction(args.eps)
+        curve = [parse_fraction(e) for e in args.eps_curve.split(",") if e.strip()]
+    except (ValueError, ZeroDivisionError):
+        raise RobustHubError(f"--eps/--eps-curve must be numbers or fractions like 8/255 (got {args.eps!r}, "
+                             f"{args.eps_curve!r})") from None
+    options = {k: getattr(args, k) for k in ("n_train", "n_test", "n_autoattack", "c10c_n_per_severity")
+               if getattr(args, k) is not None}
+    options.update(eps_curve=curve, c10c_generate=args.c10c_generate, device=args.device)
+    if args.epochs is not None:
+        options["protocol_overrides"] = {"epochs": args.epochs}
+    return EvalSettings(args.protocols, args.dataset, args.metrics, eps, options)
+
+
+def run_leaderboard_command(args: argparse.Namespace) -> int:
+    from robust_hub.leaderboard.render import build_site
+    from robust_hub.leaderboard.results import load_key
+    from robust_hub.leaderboard.runner import run_queue
+
+    store = _open(args)
+    status = 0
+    if args.action == "run":
+        settings = _settings(args)
+        summary = run_queue(store, load_key(args.key_file, create=True), settings, args.work_dir, reclaim=args.reclaim)
+        for rid in summary.finished:
+            print(f"FINISHED {rid}")
+        for rid, reason in summary.failed.items():
+            print(f"FAILED {rid}: {reason}")
+        for rid, reason in summary.retry.items():
+            print(f"PENDING again (crashed, will be retried) {rid}: {reason}")
+        status = 1 if summary.retry else 0
+    board = build_site(store, load_key(args.key_file), args.site)
+    for path, reason in board.rejected.items():
+        print(f"warning: rejected {path}: {reason}")
+    rows = sum(len(t.rows) for t in board.tables)
+    print(f"leaderboard written to {args.site}/index.html ({len(board.tables)} table(s), {rows} verified row(s))")
+    return status

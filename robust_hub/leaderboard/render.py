@@ -1,0 +1,160 @@
+"""The leaderboard as a rendering of the store: one static HTML page (self-contained, works offline) and Markdown.
+
+One table per protocol and task (dataset, threat model, evaluation budget). Rows are the verified results; a
+row whose score the trust verdict does not accept is shown with its reasons and no rank. What model cards claim
+for themselves is listed apart, marked self-reported. Malformed requests and rejected result files are listed
+with their reasons, so tampering is visible rather than silently dropped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from robust_hub.errors import RobustHubError
+from robust_hub.leaderboard.requests import RequestQueue
+from robust_hub.leaderboard.results import load_results
+from robust_hub.leaderboard.store import Store
+from robust_hub.leaderboard.trust import ranking_score, verdict
+
+TEMPLATE = Path(__file__).with_name("page.html")
+PROTOCOL_TITLES = {"slf": "SLF (standard linear finetuning)", "alf": "ALF (adversarial linear finetuning)",
+                   "aff": "AFF (adversarial full finetuning, TRADES)"}
+
+
+@dataclass
+class Row:
+    rank: int | None
+    model_id: str
+    commit: str
+    clean: float | None
+    pgd20: float | None
+    autoattack: float | None
+    c10c: float | None
+    flags: list[str]
+    unranked_because: list[str]
+
+
+@dataclass
+class Table:
+    id: str
+    title: str
+    subtitle: str
+    rows: list[Row] = field(default_factory=list)
+
+
+@dataclass
+class Board:
+    tables: list[Table]
+    self_reported: list[dict]
+    requests: list[dict]
+    rejected: dict[str, str]
+    endpoint: str
+    built_at: str
+
+
+def _threat(record: dict) -> str:
+    t = record["threat"]
+    return f"L-inf {t['eps'] * 255:g}/255" if t["norm"] == "linf" else f"L2 {t['eps']:g}"
+
+
+def _task(record: dict) -> tuple[tuple, str, str]:
+    settings, dataset = record["protocol"]["settings"], record["dataset"]
+    budget = {k: settings.get(k) for k in sorted(settings) if k != "eval"}
+    budget["eval"] = settings.get("eval")
+    budget.update(n_train=dataset["n_train"], n_test=dataset["n_test"], test_fingerprint=dataset["fingerprint"])
+    digest = hashlib.sha256(json.dumps(budget, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    name = record["protocol"]["name"]
+    title = f"{PROTOCOL_TITLES.get(name, name)} · {Path(dataset['source']).name} · {_threat(record)}"
+    subtitle = (f"{dataset['n_train']} finetuning images, {dataset['n_test']} test images, "
+                f"epochs {settings.get('epochs', '?')}; settings {digest}")
+    return (name, dataset["source"], record["threat"]["norm"], record["threat"]["eps"], digest), title, subtitle
+
+
+def build_board(store: Store, key: bytes, endpoint: str) -> Board:
+    results, rejected = load_results(store, key)
+    requests, malformed = RequestQueue(store).all()
+    tables: dict[tuple, Table] = {}
+    for result in results:
+        r = result.record
+        task, title, subtitle = _task(r)
+        table = tables.setdefault(task, Table(f"t{len(tables) + 1}", title, subtitle))
+        m = r["metrics"]
+        ok, reasons = verdict(r)
+        table.rows.append(Row(None, r["model"]["id"], r["model"]["revision"], m.get("clean_acc"), m.get("pgd20_acc"),
+                              m.get("autoattack_acc"), (m.get("c10c") or {}).get("mean"), list(r["flags"]),
+                              [] if ok else reasons))
+    for table in tables.values():
+        ranked = sorted((row for row in table.rows if not row.unranked_because),
+                        key=lambda row: (-row.autoattack, -(row.clean or 0), row.model_id))
+        for i, row in enumerate(ranked, 1):
+            row.rank = i
+        table.rows = ranked + sorted((row for row in table.rows if row.unranked_because), key=lambda row: row.model_id)
+    claims = [{"model_id": q.model_id, "commit": q.commit, **claim}
+              for q in requests if q.state == "FINISHED" for claim in q.event.get("self_reported", [])]
+    listed = [{"id": q.id, "model_id": q.model_id, "commit": q.commit, "state": q.state,
+               "reason": q.event.get("reason") or q.event.get("last_error") or ""} for q in requests]
+    listed += [{"id": rid, "model_id": "", "commit": "", "state": "MALFORMED", "reason": reason}
+               for rid, reason in malformed.items()]
+    return Board(sorted(tables.values(), key=lambda t: t.title), claims, sorted(listed, key=lambda q: q["id"]),
+                 rejected, endpoint.rstrip("/"), datetime.now(timezone.utc).isoformat(timespec="seconds"))
+
+
+def _pct(value: float | None) -> str:
+    return "" if value is None else f"{100 * value:.2f}"
+
+
+def render_html(board: Board) -> str:
+    import jinja2
+
+    env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
+    env.filters["pct"] = _pct
+    return env.from_string(TEMPLATE.read_text(encoding="utf-8")).render(board=board)
+
+
+def render_markdown(board: Board) -> str:
+    def cell(text: str) -> str:
+        return str(text).replace("|", "\\|").replace("\n", " ")
+
+    out = ["# robust-hub leaderboard", "",
+           f"Verified by the leaderboard's own runs; built {board.built_at}. Scores in %. "
+           "Unranked rows have scores the leaderboard cannot trust (reasons given).", ""]
+    for table in board.tables:
+        out += [f"## {table.title}", "", f"{table.subtitle}", "",
+                "| rank | model | commit | clean | PGD-20 | AutoAttack | CIFAR-10-C | flags |",
+                "|---|---|---|---|---|---|---|---|"]
+        for row in table.rows:
+            rank = str(row.rank) if row.rank else "unranked (" + ", ".join(row.unranked_because) + ")"
+            link = f"[{cell(row.model_id)}]({board.endpoint}/{row.model_id})"
+            commit = f"[{row.commit[:7]}]({board.endpoint}/{row.model_id}/commit/{row.commit})"
+            out.append(f"| {cell(rank)} | {link} | {commit} | {_pct(row.clean)} | {_pct(row.pgd20)} | "
+                       f"{_pct(row.autoattack)} | {_pct(row.c10c)} | {cell(', '.join(row.flags) or '-')} |")
+        out.append("")
+    if board.self_reported:
+        out += ["## Self-reported (from model cards, not verified)", "", "| model | commit | metric | dataset | value |",
+                "|---|---|---|---|---|"]
+        out += [f"| {cell(c['model_id'])} | {c['commit'][:7]} | {cell(c['metric'])} | {cell(c['dataset'])} | "
+                f"{c['value']:g} |" for c in board.self_reported]
+        out.append("")
+    return "\n".join(out)
+
+
+def build_site(store: Store, key: bytes, site_dir: str | Path, endpoint: str | None = None) -> Board:
+    """Write ``index.html`` and ``leaderboard.md`` to ``site_dir`` (atomically) from the store's records."""
+    from robust_hub.io import write_text_atomic
+
+    if endpoint is None:
+        from huggingface_hub import constants
+
+        endpoint = constants.ENDPOINT
+    site = Path(site_dir)
+    if site.exists() and not site.is_dir():
+        raise RobustHubError(f"site directory {site} is a file")
+    board = build_board(store, key, endpoint)
+    write_text_atomic(site / "index.html", render_html(board))
+    write_text_atomic(site / "leaderboard.md", render_markdown(board))
+    return board
