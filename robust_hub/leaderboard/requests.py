@@ -10,9 +10,10 @@ when the runner dies, the lease runs out and the request can be claimed again.
 from __future__ import annotations
 
 import json
-import re
-import socket
 import os
+import re
+import secrets
+import socket
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -85,7 +86,8 @@ class RequestQueue:
         self.store = store
 
     def _write(self, rid: str, seq: int, state: str, event: dict) -> bool:
-        payload = {**event, "state": state, "at": _now().isoformat(timespec="seconds")}
+        # the writer's nonce makes two writers' bytes differ, so a store never mistakes one for the other
+        payload = {**event, "state": state, "at": _now().isoformat(timespec="seconds"), "writer": secrets.token_hex(8)}
         data = json.dumps(payload, indent=2, sort_keys=True).encode()
         return self.store.create(f"requests/{rid}/{seq:04d}-{state}.json", data, message=f"{rid}: {state}")
 

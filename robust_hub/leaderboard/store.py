@@ -133,12 +133,12 @@ class HubStore:
             raise RobustHubError(f"{path} is not in the store {self.location}") from None
         return Path(local).read_bytes()
 
-    def _commit(self, path: str, data: bytes, message: str, parent: str | None) -> None:
+    def _commit(self, path: str, data: bytes, message: str, parent: str | None) -> str:
         from huggingface_hub import CommitOperationAdd
 
-        self.api.create_commit(self.repo_id, repo_type="dataset", parent_commit=parent,
+        return self.api.create_commit(self.repo_id, repo_type="dataset", parent_commit=parent,
                                operations=[CommitOperationAdd(path_in_repo=path, path_or_fileobj=data)],
-                               commit_message=message or f"leaderboard: add {path}")
+                               commit_message=message or f"leaderboard: add {path}").oid
 
     def create(self, path: str, data: bytes, message: str = "") -> bool:
         from huggingface_hub.errors import HfHubHTTPError
@@ -150,8 +150,10 @@ class HubStore:
                 return False
             try:
                 with _hub_errors(self.repo_id, passthrough=412):
-                    self._commit(path, data, message, parent=head)
-                return True
+                    landed = self._commit(path, data, message, parent=head)
+                # huggingface_hub skips a commit that changes nothing (the same bytes already landed there):
+                # then someone else wrote the file, not us
+                return landed != head
             except HfHubHTTPError:  # 412: another commit landed since `head`; look again
                 time.sleep(random.uniform(0.01, 0.05) * (attempt + 1))
         raise RobustHubError(f"could not write {path} to {self.location}: the repository kept changing "
