@@ -1,0 +1,75 @@
+"""The built page in a real browser: headless Chromium sorts and filters it, and the visible rows are checked.
+
+The screenshot is kept under tests/artifacts/ (git-ignored) as leaderboard.png.
+"""
+
+from pathlib import Path
+
+import pytest
+
+from robust_hub.leaderboard.render import build_site
+from robust_hub.leaderboard.store import LocalStore
+
+from browser import Browser, chromium_path
+from leaderboard_helpers import KEY, file_result, record
+
+ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
+VISIBLE_MODELS = ("Array.from(document.querySelectorAll('#t1-table tbody tr'))"
+                  ".filter(r => !r.hidden).map(r => r.dataset.model)")
+
+
+@pytest.fixture
+def browser():
+    executable = chromium_path()
+    if executable is None:  # .ci/run installs Debian's chromium; a dev machine without it is told how
+        pytest.fail("chromium is not installed: apt-get install -y chromium (what .ci/run does)")
+    b = Browser(executable)
+    yield b
+    b.close()
+
+
+def test_page_sorts_filters_and_shows_flags_in_chromium(tmp_path, browser):
+    store = LocalStore(tmp_path / "store")
+    rows = {"org/alpha": (0.80, 0.46, 0.42), "org/beta": (0.75, 0.50, 0.48), "org/gamma": (0.90, 0.35, 0.31)}
+    for i, (model, (clean, pgd, aa)) in enumerate(rows.items()):
+        file_result(store, record(model, str(i + 1) * 40, clean=clean, pgd=pgd, aa=aa))
+    file_result(store, record("org/masked", "9" * 40, clean=0.95, pgd=None, aa=None,
+                              flags=["masked_gradients", "robust_acc_withheld", "<b>odd</b>"]))
+    build_site(store, KEY, tmp_path / "site", endpoint="https://huggingface.co")
+    browser.open((tmp_path / "site" / "index.html").as_uri())
+
+    # as built: ranked by AutoAttack, the flagged model last and unranked (an odd flag shown as text, not markup)
+    assert browser.eval(VISIBLE_MODELS) == ["org/beta", "org/alpha", "org/gamma", "org/masked"]
+    assert browser.eval("document.querySelector('tr.unranked td').textContent") == "unranked"
+    flags = browser.eval("Array.from(document.querySelectorAll('tr.unranked .flag')).map(f => f.textContent)")
+    assert "masked_gradients" in flags and "<b>odd</b>" in flags
+    assert browser.eval("document.querySelectorAll('tr.unranked .flag b').length") == 0
+
+    # sort by clean accuracy (descending, then ascending); empty cells always last
+    browser.eval("document.querySelectorAll('#t1-table th')[3].click()")
+    assert browser.eval(VISIBLE_MODELS) == ["org/masked", "org/gamma", "org/alpha", "org/beta"]
+    browser.eval("document.querySelectorAll('#t1-table th')[3].click()")
+    assert browser.eval(VISIBLE_MODELS) == ["org/beta", "org/alpha", "org/gamma", "org/masked"]
+    # sort by AutoAttack ascending: the withheld one stays at the bottom
+    browser.eval("document.querySelectorAll('#t1-table th')[5].click()")
+    browser.eval("document.querySelectorAll('#t1-table th')[5].click()")
+    assert browser.eval(VISIBLE_MODELS) == ["org/gamma", "org/alpha", "org/beta", "org/masked"]
+
+    # filter: typing fires the input event the page listens to
+    browser.eval("var f = document.querySelector('input.filter'); f.value = 'a'; "
+                 "f.dispatchEvent(new Event('input'))")
+    assert browser.eval(VISIBLE_MODELS) == ["org/gamma", "org/alpha", "org/beta", "org/masked"]
+    browser.eval("var f = document.querySelector('input.filter'); f.value = 'MASKED_grad'; "
+                 "f.dispatchEvent(new Event('input'))")
+    assert browser.eval(VISIBLE_MODELS) == ["org/masked"]
+    browser.eval("var f = document.querySelector('input.filter'); f.value = 'alp'; "
+                 "f.dispatchEvent(new Event('input'))")
+    assert browser.eval(VISIBLE_MODELS) == ["org/alpha"]
+    link = browser.eval("document.querySelector('tr:not([hidden]) td:nth-child(3) a').href")
+    assert link == "https://huggingface.co/org/alpha/commit/" + "1" * 40
+    browser.eval("var f = document.querySelector('input.filter'); f.value = ''; f.dispatchEvent(new Event('input'))")
+    assert len(browser.eval(VISIBLE_MODELS)) == 4
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    browser.screenshot(ARTIFACTS / "leaderboard.png")
+    assert (ARTIFACTS / "leaderboard.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
