@@ -329,7 +329,13 @@ def test_tables_split_by_protocol_and_budget(tmp_path):
 
 
 def test_hub_dataset_store_holds_the_queue_and_results(hub, tmp_path):
-    _, commit = push_tiny(tmp_path, "org/onhub")
+    """... and what the model's own card claims is shown apart, as self-reported."""
+    from robust_hub.evaluation.runner import evaluate
+
+    model_dir, _ = push_tiny(tmp_path, "org/onhub")
+    (own,) = evaluate(str(model_dir), protocols="slf", dataset=fast_settings().dataset, out_dir=tmp_path / "own",
+                      metrics="clean", protocol_overrides={"epochs": 1}, progress=False, print_table=False, device="cpu")
+    commit = push_to_hub(str(model_dir), "org/onhub", results=[str(tmp_path / "own")])
     assert main(["submit", "org/onhub", "--store", "hf://datasets/board/lb"]) == 0
     store = open_store("hf://datasets/board/lb")
     run_queue(store, KEY, fast_settings(), tmp_path / "work")
@@ -337,5 +343,27 @@ def test_hub_dataset_store_holds_the_queue_and_results(hub, tmp_path):
     rid = request_id("org/onhub", commit)
     assert {f"requests/{rid}/0000-PENDING.json", f"requests/{rid}/0001-RUNNING.json",
             f"requests/{rid}/0002-FINISHED.json"} <= set(files)
-    (row,) = build_board(store, KEY, hub.url).tables[0].rows
+    board = build_board(store, KEY, hub.url)
+    (row,) = board.tables[0].rows
     assert row.model_id == "org/onhub" and row.commit == commit and row.rank == 1
+    (claim,) = board.self_reported
+    assert claim["model_id"] == "org/onhub" and claim["value"] == round(100 * own["metrics"]["clean_acc"], 2)
+    assert claim["metric"].startswith("clean accuracy")
+    build_site(store, KEY, tmp_path / "site", endpoint=hub.url)
+    html = (tmp_path / "site" / "index.html").read_text()
+    assert "Self-reported" in html and "not verified" in html
+
+
+def test_a_result_file_planted_before_the_run_fails_the_request(hub, tmp_path):
+    _, commit = push_tiny(tmp_path, "org/victim")
+    store = LocalStore(tmp_path / "store")
+    submit(store, "org/victim")
+    rid = request_id("org/victim", commit)
+    # what the runner will write: learn the name from a run into another store, then plant junk there
+    scratch = LocalStore(tmp_path / "scratch")
+    submit(scratch, "org/victim")
+    run_queue(scratch, KEY, fast_settings(), tmp_path / "w1")
+    (path,) = scratch.list("results")
+    assert store.create(path, b"{}")
+    summary = run_queue(store, KEY, fast_settings(), tmp_path / "w2")
+    assert "already in the store and was not written by this leaderboard" in summary.failed[rid]

@@ -19,7 +19,7 @@ from typing import Any
 
 from robust_hub.errors import RobustHubError
 from robust_hub.leaderboard.requests import DEFAULT_LEASE_S, Request, RequestQueue, request_id, validate_model_id
-from robust_hub.leaderboard.results import sign
+from robust_hub.leaderboard.results import check_result, sign
 from robust_hub.leaderboard.store import Store
 
 log = logging.getLogger(__name__)
@@ -146,8 +146,9 @@ def run_queue(store: Store, key: bytes, settings: EvalSettings, work_dir: str | 
                     raise RobustHubError(f"the evaluation loaded {record['model']['id']}@{record['model']['revision']}, "
                                          "not the requested commit")
             for record in records:
-                store.create(f"results/{request.id}/{record_filename(tuple(_key(record)))}", sign(record, request.id, key),
-                             message=f"{request.id}: result")
+                path = f"results/{request.id}/{record_filename(tuple(_key(record)))}"
+                if not store.create(path, sign(record, request.id, key), message=f"{request.id}: result"):
+                    _check_existing(store, path, key)  # an earlier try of this request wrote it, or someone else did
             claimed_reported = _self_reported(request.model_id, commit)
             queue.transition(claimed, "FINISHED", records=len(records), self_reported=claimed_reported)
             summary.finished.append(request.id)
@@ -162,6 +163,13 @@ def run_queue(store: Store, key: bytes, settings: EvalSettings, work_dir: str | 
             summary.retry[request.id] = reason
             log.exception("request %s crashed; it is PENDING again", request.id)
     return summary
+
+
+def _check_existing(store: Store, path: str, key: bytes) -> None:
+    try:
+        check_result(store.read(path), path, key)
+    except RobustHubError as error:
+        raise RobustHubError(f"{path} is already in the store and was not written by this leaderboard ({error})") from None
 
 
 def _key(record: dict) -> tuple:

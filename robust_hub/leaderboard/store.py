@@ -8,8 +8,6 @@ exist yet, atomically. Two writers racing for the same path: exactly one wins, t
   final name (``link`` fails when the name exists, and a reader sees the whole file or nothing).
 - :class:`HubStore`: a commit whose ``parent_commit`` is the head that was checked for the path; the Hub refuses
   it (412) when another commit landed in between, and the check is redone on the new head (compare-and-swap).
-
-``put`` overwrites (only for the rendered page, which can always be rebuilt).
 """
 
 from __future__ import annotations
@@ -48,8 +46,6 @@ class Store(Protocol):
     def create(self, path: str, data: bytes, message: str = "") -> bool:
         """Write ``path`` if it does not exist; False (and nothing written) when it does."""
 
-    def put(self, path: str, data: bytes, message: str = "") -> None:
-        """Write or replace ``path``."""
 
 
 class LocalStore:
@@ -94,9 +90,6 @@ class LocalStore:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
 
-    def put(self, path: str, data: bytes, message: str = "") -> None:
-        target = self.root / check_path(path)
-        os.replace(self._staged(target, data), target)
 
 
 class HubStore:
@@ -133,7 +126,7 @@ class HubStore:
             raise RobustHubError(f"{path} is not in the store {self.location}") from None
         return Path(local).read_bytes()
 
-    def _commit(self, path: str, data: bytes, message: str, parent: str | None) -> str:
+    def _commit(self, path: str, data: bytes, message: str, parent: str) -> str:
         from huggingface_hub import CommitOperationAdd
 
         return self.api.create_commit(self.repo_id, repo_type="dataset", parent_commit=parent,
@@ -159,9 +152,6 @@ class HubStore:
         raise RobustHubError(f"could not write {path} to {self.location}: the repository kept changing "
                              f"({self.max_tries} tries)")
 
-    def put(self, path: str, data: bytes, message: str = "") -> None:
-        with _hub_errors(self.repo_id):
-            self._commit(check_path(path), data, message, parent=None)
 
 
 @contextlib.contextmanager
