@@ -367,3 +367,23 @@ def test_a_result_file_planted_before_the_run_fails_the_request(hub, tmp_path):
     assert store.create(path, b"{}")
     summary = run_queue(store, KEY, fast_settings(), tmp_path / "w2")
     assert "already in the store and was not written by this leaderboard" in summary.failed[rid]
+
+
+@pytest.mark.parametrize("argv, why", [
+    (["leaderboard", "build", "--site", "SITE"], "no leaderboard store"),
+    (["leaderboard", "build", "--store", "hf://models/org/x", "--site", "SITE"], "only dataset repositories"),
+    (["leaderboard", "build", "--store", "hf://datasets/just-a-name", "--site", "SITE"], "hf://datasets/ORG/NAME"),
+    (["leaderboard", "build", "--store", "STORE", "--site", "SITE", "--key-file", "NOKEY"], "no leaderboard key"),
+    (["leaderboard", "run", "--store", "STORE", "--site", "SITE", "--key-file", "KEY", "--eps", "8/0"], "--eps"),
+    (["submit", "org/x", "--store", "FILE"], "is a file, not a directory"),
+])
+def test_leaderboard_commands_refuse_bad_arguments_in_one_line(tmp_path, capsys, monkeypatch, argv, why):
+    monkeypatch.delenv("ROBUST_HUB_LEADERBOARD_STORE", raising=False)
+    monkeypatch.delenv("ROBUST_HUB_LEADERBOARD_KEY", raising=False)
+    (tmp_path / "FILE").write_text("x")
+    (tmp_path / "KEY").write_text("k" * 64)
+    argv = [str(tmp_path / a) if a in ("SITE", "STORE", "NOKEY", "KEY", "FILE") else a for a in argv]
+    assert main(argv) != 0
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and why in err, err
+    assert not (tmp_path / "SITE").exists()
