@@ -104,10 +104,15 @@ def _self_reported(model_id: str, commit: str) -> list[dict]:
     from huggingface_hub.errors import EntryNotFoundError
 
     try:
-        path = hf_hub_download(model_id, "README.md", revision=commit)
-    except EntryNotFoundError:
+        path = _hub_call(model_id, commit, lambda: hf_hub_download(model_id, "README.md", revision=commit))
+    except (EntryNotFoundError, RobustHubError) as error:  # no card, or none readable: nothing claimed
+        log.info("no self-reported results for %s: %s", model_id, error)
         return []
-    card = ModelCard.load(path, ignore_metadata_errors=True)
+    try:
+        card = ModelCard.load(path, ignore_metadata_errors=True)
+    except (ValueError, UnicodeDecodeError) as error:  # an untrusted card's front matter may be anything
+        log.info("unreadable card for %s: %s", model_id, error)
+        return []
     out = []
     for r in card.data.eval_results or []:
         if isinstance(r.metric_value, (int, float)) and not isinstance(r.metric_value, bool):
