@@ -324,8 +324,9 @@ def test_tables_split_by_protocol_and_budget(tmp_path):
     file_result(store, record("org/a", "1" * 40, protocol="slf"))
     file_result(store, record("org/a", "1" * 40, protocol="aff"))
     file_result(store, record("org/b", "2" * 40, protocol="slf", n_test=50))
-    titles = sorted(t.title.split(" ·")[0] + f" n={t.rows[0].model_id}" for t in build_board(store, KEY, "h").tables)
-    assert len(titles) == 3
+    tables = {(t.title.split(" ")[0], t.subtitle.split(" test images")[0].split(", ")[-1]): [r.model_id for r in t.rows]
+              for t in build_board(store, KEY, "h").tables}
+    assert tables == {("SLF", "100"): ["org/a"], ("AFF", "100"): ["org/a"], ("SLF", "50"): ["org/b"]}
 
 
 def test_hub_dataset_store_holds_the_queue_and_results(hub, tmp_path):
