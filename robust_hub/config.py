@@ -58,8 +58,13 @@ class AttackConfig:
 class MethodConfig:
     name: str = "acl"
     temperature: float = 0.5
-    strength: float = 1.0  # SimCLR augmentation strength s
-    adv_weight: float = 0.0  # w in ((1-w) L_nat + (1+w) L_adv) / 2; 0 for ACL
+    strength: float = 1.0  # SimCLR augmentation strength s (ACL; DynACL schedules it)
+    adv_weight: float = 0.0  # w in ((1-w) L_nat + (1+w) L_adv) / 2; 0 for ACL (DynACL schedules it)
+    schedule_period: int = 50  # DynACL: epochs per augmentation-strength stage
+    ir: bool = False  # add invariant regularisation (SIR + AIR)
+    sir_weight: float = 0.5  # lambda1
+    air_weight: float = 0.5  # lambda2
+    ir_divergence: str = "reference"  # "reference" (the papers' numbers) or "paper" (textbook KL)
 
 
 @dataclass(frozen=True)
@@ -71,6 +76,8 @@ class TrainConfig:
     weight_decay: float = 1e-6
     trust_coefficient: float = 1e-3
     warmup_epochs: float = 10
+    lr_min: float = 1e-6  # where the cosine ends, at the last epoch
+    lars_convention: str = "reference"  # "reference": LARS on every parameter; "simclr": biases/BN exempt
     seed: int = 1
     output_dir: str = "outputs/acl"
     checkpoint_every: int = 50  # epochs; 0 keeps only the final and on-signal checkpoints
@@ -163,8 +170,11 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
             return None
         hint = next(a for a in args if a is not type(None))
     if hint is float:
-        if isinstance(value, str) and FRACTION.match(value):
-            value = parse_fraction(value)
+        if isinstance(value, str):  # 8/255, and 1e-6 (which YAML 1.1 reads as a string)
+            try:
+                value = parse_fraction(value)
+            except ValueError:
+                pass
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
     elif hint is int and isinstance(value, int) and not isinstance(value, bool):
@@ -185,7 +195,9 @@ def _check(condition: bool, message: str) -> None:
 
 
 def validate(config: RunConfig) -> None:
+    from robust_hub.losses import IR_DIVERGENCES
     from robust_hub.training.methods import METHODS
+    from robust_hub.training.optim import LARS_CONVENTIONS
 
     d, m, a, me, t = config.data, config.model, config.attack, config.method, config.train
     _check(d.image_size >= 8, f"data.image_size must be >= 8, got {d.image_size}")
@@ -198,6 +210,12 @@ def validate(config: RunConfig) -> None:
     _check(me.temperature > 0, f"method.temperature must be > 0, got {me.temperature}")
     _check(0 <= me.strength <= 1, f"method.strength must be in [0, 1], got {me.strength}")
     _check(-1 <= me.adv_weight <= 1, f"method.adv_weight must be in [-1, 1], got {me.adv_weight}")
+    _check(me.name != "dynacl" or (me.strength, me.adv_weight) == (1.0, 0.0),
+           "method.strength and method.adv_weight are scheduled by DynACL; leave them unset with method.name=dynacl")
+    _check(me.schedule_period >= 1, f"method.schedule_period must be >= 1, got {me.schedule_period}")
+    _check(me.sir_weight >= 0 and me.air_weight >= 0, "method.sir_weight and method.air_weight must be >= 0")
+    _check(me.ir_divergence in IR_DIVERGENCES,
+           f"method.ir_divergence must be one of {list(IR_DIVERGENCES)}, got {me.ir_divergence!r}")
     _check(t.epochs >= 1, f"train.epochs must be >= 1, got {t.epochs}")
     _check(t.batch_size >= 2, f"train.batch_size must be >= 2 (contrastive pairs), got {t.batch_size}")
     _check(t.lr > 0, f"train.lr must be > 0, got {t.lr}")
@@ -205,6 +223,9 @@ def validate(config: RunConfig) -> None:
     _check(t.weight_decay >= 0, f"train.weight_decay must be >= 0, got {t.weight_decay}")
     _check(t.trust_coefficient > 0, f"train.trust_coefficient must be > 0, got {t.trust_coefficient}")
     _check(0 <= t.warmup_epochs < t.epochs, f"train.warmup_epochs must be in [0, epochs), got {t.warmup_epochs}")
+    _check(0 <= t.lr_min <= t.lr, f"train.lr_min must be in [0, train.lr], got {t.lr_min}")
+    _check(t.lars_convention in LARS_CONVENTIONS,
+           f"train.lars_convention must be one of {list(LARS_CONVENTIONS)}, got {t.lars_convention!r}")
     _check(t.checkpoint_every >= 0, f"train.checkpoint_every must be >= 0, got {t.checkpoint_every}")
     _check(t.keep_checkpoints >= 1, f"train.keep_checkpoints must be >= 1, got {t.keep_checkpoints}")
     _check(t.mixed_precision in (None, "no", "fp16", "bf16"), f"train.mixed_precision must be no, fp16 or bf16, got {t.mixed_precision!r}")

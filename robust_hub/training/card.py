@@ -11,7 +11,38 @@ from robust_hub.config import RunConfig
 from robust_hub.errors import RobustHubError
 
 TEMPLATES = Path(__file__).resolve().parents[1] / "model_cards"
-METHOD_TITLES = {"acl": "ACL (adversarial contrastive learning, dual-stream)"}
+METHOD_TITLES = {"acl": "ACL (adversarial contrastive learning, dual-stream)",
+                 "dynacl": "DynACL (dynamic adversarial contrastive learning)"}
+
+
+def method_label(config: RunConfig) -> str:
+    """Short name of what a run trains, e.g. ``DynACL+IR``."""
+    base = {"acl": "ACL", "dynacl": "DynACL"}.get(config.method.name, config.method.name)
+    return f"{base}+IR" if config.method.ir else base
+
+
+def method_title(config: RunConfig) -> str:
+    me = config.method
+    title = METHOD_TITLES.get(me.name, me.name)
+    return f"{title} + IR (invariant regularisation, SIR + AIR)" if me.ir else title
+
+
+def method_details(config: RunConfig) -> str:
+    """The method's own settings, for the card's table."""
+    me = config.method
+    if me.name == "dynacl":
+        text = (f"strength s = 1 - floor((epoch-1)/{me.schedule_period}) * {me.schedule_period}/{config.train.epochs}, "
+                "w = (2/3)(1 - s)")
+    else:
+        text = f"strength s = {me.strength}, w = {me.adv_weight}"
+    if me.ir:
+        text += (f"; IR lambda1 (SIR) = {me.sir_weight}, lambda2 (AIR) = {me.air_weight}, "
+                 f"divergence: {me.ir_divergence} ({IR_DIVERGENCE_NOTES[me.ir_divergence]})")
+    return text
+
+
+IR_DIVERGENCE_NOTES = {"reference": "as the reference code computes it, which produced the papers' numbers",
+                       "paper": "the textbook KL of the paper's formula"}
 
 
 def template_path(name: str = "backbone.md") -> Path:
@@ -30,13 +61,15 @@ def render_backbone_card(model: Any, config: RunConfig, facts: dict[str, Any]) -
     t, a = config.train, config.attack
     card_data = ModelCardData(
         library_name="timm", license="apache-2.0", pipeline_tag="image-feature-extraction",
-        tags=["robust-hub", "adversarial-robustness", "self-supervised", config.method.name, "image-feature-extraction"],
+        tags=["robust-hub", "adversarial-robustness", "self-supervised", config.method.name,
+              *(["invariant-regularization"] if config.method.ir else []), "image-feature-extraction"],
         datasets=[config.data.source] if "/" in config.data.source and not Path(config.data.source).exists() else None,
     )
     versions = facts.get("versions", {})
     values = dict(
-        model_name=facts.get("model_name", f"{config.model.arch} pre-trained with {config.method.name.upper()}"),
-        method=config.method.name, method_title=METHOD_TITLES.get(config.method.name, config.method.name),
+        model_name=facts.get("model_name", f"{config.model.arch} pre-trained with {method_label(config)}"),
+        method=config.method.name + ("+ir" if config.method.ir else ""), method_title=method_title(config),
+        method_details=method_details(config), lars_convention=t.lars_convention, lr_min=t.lr_min,
         dataset=config.data.source, split=config.data.split, architecture=model.pretrained_cfg.get("architecture"),
         num_params=f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M", num_features=model.num_features,
         input_size="x".join(str(s) for s in model.pretrained_cfg.get("input_size", (3, 32, 32))[1:]),

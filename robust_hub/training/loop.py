@@ -245,7 +245,8 @@ class _Trainer:
             if signum:
                 return signum
         mean = p.finish_epoch()
-        acc.log({"train/epoch_loss": mean, "train/strength": augment.strength}, step=p.global_step)
+        acc.log({"train/epoch_loss": mean, "train/strength": augment.strength,
+                 "train/adv_weight": self.method.adv_weight(p.epoch - 1)}, step=p.global_step)
         log.info("epoch %d/%d: mean loss %.4f", p.epoch, t.epochs, mean)
         return 0
 
@@ -253,10 +254,11 @@ class _Trainer:
         p, acc = self.progress, self.accelerator
         self.scheduler.step(p.epoch + p.step_in_epoch / steps)
         with torch.no_grad():
-            view_i, view_j, _ = augment.views(self.images[indices])
+            view_i, view_j, original = augment.views(self.images[indices])
         adversarial = self.method.attack(self.raw_model, view_i, view_j, acc.autocast)
         self.model.train()
-        loss = self.method.loss(self.model, (view_i, view_j), adversarial, p.epoch)
+        terms = self.method.loss(self.model, (view_i, view_j), adversarial, p.epoch, original=original)
+        loss = terms.total
         if not torch.isfinite(loss):
             raise RobustHubError(f"training loss became {loss.item()} at epoch {p.epoch + 1} step {p.step_in_epoch + 1}; "
                                  "lower train.lr or check the data")
@@ -265,12 +267,17 @@ class _Trainer:
         self.optimizer.step()
         p.step_in_epoch += 1
         p.global_step += 1
-        value = acc.reduce(loss.detach(), reduction="mean").item()
+        # One collective for the loss and its parts (each part is a weighted share of the loss).
+        values = acc.reduce(torch.stack([loss.detach(), *(v.detach() for v in terms.parts.values())]),
+                            reduction="mean").tolist()
+        value, parts = values[0], dict(zip(terms.parts, values[1:]))
         p.epoch_loss_sum += value
         if p.global_step % self.config.train.log_every == 0:
             lr = self.optimizer.param_groups[0]["lr"]
-            acc.log({"train/loss": value, "train/lr": lr}, step=p.global_step)
-            log.info("step %d (epoch %d): loss %.4f, lr %.4g", p.global_step, p.epoch + 1, value, lr)
+            acc.log({"train/loss": value, "train/lr": lr, **{f"train/loss_{k}": v for k, v in parts.items()}},
+                    step=p.global_step)
+            log.info("step %d (epoch %d): loss %.4f (%s), lr %.4g", p.global_step, p.epoch + 1, value,
+                     ", ".join(f"{k} {v:.4f}" for k, v in parts.items()), lr)
         return value
 
     def save_checkpoint(self) -> Path:
@@ -308,7 +315,7 @@ class _Trainer:
                                      "hardware": facts["hardware"], "wall_time": facts["wall_time"],
                                      "data": {"source": self.config.data.source, "images": len(self.train_set),
                                               "fingerprint": getattr(self.train_set, "fingerprint", None)}}}
-            plot = loss_curve_png(self.progress.losses, f"{self.method.name.upper()} on {self.config.data.source}")
+            plot = loss_curve_png(self.progress.losses, f"{self.method.label} on {self.config.data.source}")
             facts["loss_plot"] = "training_loss.png"
             card = render_backbone_card(self.raw_model, self.config, facts)
             self.raw_model.save_pretrained(str(model_dir), metadata=metadata, model_card=card,
