@@ -42,8 +42,9 @@ class RefBlock(nn.Module):
 
 
 class RefResNet(nn.Module):
-    def __init__(self, widths=(16, 32, 64, 128), blocks=(2, 2, 2, 2)):
+    def __init__(self, widths=(16, 32, 64, 128), blocks=(2, 2, 2, 2), two_layer_head=False):
         super().__init__()
+        self.two_layer_head = two_layer_head
         self.conv1 = nn.Conv2d(3, widths[0], 3, 1, 1, bias=False)
         self.bn1 = MultiBN(widths[0])
         cin = widths[0]
@@ -57,7 +58,8 @@ class RefResNet(nn.Module):
         self.fc = nn.Module()
         self.fc.fc1, self.fc.bn1 = nn.Linear(ch, ch), MultiBN(ch, 1)
         self.fc.fc2, self.fc.bn2 = nn.Linear(ch, ch, bias=False), MultiBN(ch, 1)
-        self.fc.fc3, self.fc.bn3 = nn.Linear(ch, ch, bias=False), MultiBN(ch, 1)
+        if not two_layer_head:  # the reference's --twoLayerProj drops fc3/bn3
+            self.fc.fc3, self.fc.bn3 = nn.Linear(ch, ch, bias=False), MultiBN(ch, 1)
         self.mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
         self.std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
 
@@ -71,12 +73,56 @@ class RefResNet(nn.Module):
     def project(self, h, which):
         f = self.fc
         h = torch.relu(f.bn1(f.fc1(h), which))
-        h = torch.relu(f.bn2(f.fc2(h), which))
-        return f.bn3(f.fc3(h), which)
+        h = f.bn2(f.fc2(h), which)
+        return h if self.two_layer_head else f.bn3(f.fc3(torch.relu(h)), which)
 
 
-def reference_model(**kwargs):
-    model = RefResNet(**kwargs)
+class RefWideBlock(nn.Module):
+    """The TRADES WideResNet block with the reference's dual BN."""
+
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.bn1, self.conv1 = MultiBN(cin), nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn2, self.conv2 = MultiBN(cout), nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.equal = cin == cout
+        self.convShortcut = None if self.equal else nn.Conv2d(cin, cout, 1, stride, 0, bias=False)
+
+    def forward(self, x, which):
+        activated = torch.relu(self.bn1(x, which))
+        out = self.conv2(torch.relu(self.bn2(self.conv1(activated), which)))
+        return out + (x if self.equal else self.convShortcut(activated))
+
+
+class RefWRN(RefResNet):
+    def __init__(self, depth=10, widen=2):
+        nn.Module.__init__(self)
+        self.two_layer_head = False
+        n, widths = (depth - 4) // 6, [16, 16 * widen, 32 * widen, 64 * widen]
+        self.conv1 = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
+        cin = 16
+        for g, (w, stride) in enumerate(zip(widths[1:], (1, 2, 2))):
+            group = nn.Module()
+            group.layer = nn.ModuleList([RefWideBlock(cin if i == 0 else w, w, stride if i == 0 else 1) for i in range(n)])
+            setattr(self, f"block{g + 1}", group)
+            cin = w
+        self.bn1 = MultiBN(cin)
+        self.fc = nn.Module()
+        self.fc.fc1, self.fc.bn1 = nn.Linear(cin, cin), MultiBN(cin, 1)
+        self.fc.fc2, self.fc.bn2 = nn.Linear(cin, cin, bias=False), MultiBN(cin, 1)
+        self.fc.fc3, self.fc.bn3 = nn.Linear(cin, cin, bias=False), MultiBN(cin, 1)
+        self.mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+        self.std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+
+    def features(self, x, which):
+        x = self.conv1((x - self.mean) / self.std)
+        for g in range(1, 4):
+            for block in getattr(self, f"block{g}").layer:
+                x = block(x, which)
+        return torch.relu(self.bn1(x, which)).mean(dim=(2, 3))
+
+
+def reference_model(cls=RefResNet, **kwargs):
+    model = cls(**kwargs)
     generator = torch.Generator().manual_seed(3)
     with torch.no_grad():
         for name, tensor in model.state_dict().items():
@@ -137,3 +183,28 @@ def test_bad_reference_files_fail_clearly(tmp_path, capsys):
     torch.save(state, tmp_path / "nan.pt")
     assert main(["convert", str(tmp_path / "nan.pt"), str(tmp_path / "out")]) == 2
     assert capsys.readouterr().err.count("\n") == 1 and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("kind", ["two_layer_head", "wrn"])
+def test_two_layer_head_and_wide_resnet_checkpoints_convert(tmp_path, kind):
+    ref = reference_model(two_layer_head=True) if kind == "two_layer_head" else reference_model(RefWRN)
+    torch.save({"state_dict": {f"module.{k}": v for k, v in ref.state_dict().items()}}, tmp_path / "ref.pt")
+    ours = convert_reference_checkpoint(tmp_path / "ref.pt")
+    assert ours.model_args["proj_layers"] == (2 if kind == "two_layer_head" else 3)
+    if kind == "wrn":
+        assert (ours.model_args["depth"], ours.model_args["widen"]) == (10, 2)
+    x = torch.rand(3, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(ours(x), ref.features(x, 1), atol=1e-5)
+        assert torch.allclose(ours(x, route="normal"), ref.features(x, 0), atol=1e-5)
+        assert torch.allclose(ours(x, project=True), ref.project(ref.features(x, 1), 1), atol=1e-5)
+
+
+def test_a_layout_mismatch_names_the_missing_and_unexpected_keys(tmp_path):
+    state = reference_model(blocks=(1, 1, 1, 1)).state_dict()
+    state["layer1.0.extra.weight"] = torch.zeros(3)
+    del state["layer2.0.conv2.weight"]
+    torch.save(state, tmp_path / "odd.pt")
+    with pytest.raises(RobustHubError, match=r"missing keys layer2\.0\.conv2\.weight; "
+                                             r"unexpected keys layer1\.0\.extra\.weight"):
+        convert_reference_checkpoint(tmp_path / "odd.pt")

@@ -1,9 +1,12 @@
-"""Import checkpoints of the reference ACL/DynACL/RCS/AIR code (dual-BN ResNets).
+"""Import checkpoints of the reference ACL/DynACL/RCS/AIR code (dual-BN ResNets and WideResNets).
 
 Their layout: ``bn_list.0`` (normal) / ``bn_list.1`` (pgd) batch norms, ``downsample.conv`` /
 ``downsample.bn`` shortcuts, the projection head under ``fc.``, possibly a ``module.`` prefix,
-possibly nested under ``state_dict``, ``model`` or ``state_dict_dual``. Files are read with
-``torch.load(weights_only=True)``: a checkpoint that needs arbitrary unpickling is refused.
+possibly nested under ``state_dict``, ``model`` or ``state_dict_dual``. The head has three layers
+(``fc1``/``fc2``/``fc3``) or, with the reference's ``--twoLayerProj``, two (``fc1``/``fc2``, which
+robust-hub names ``fc1``/``fc3``). WideResNets follow the TRADES layout (``block1.layer.0.conv1``,
+``convShortcut``, a final ``bn1``). Files are read with ``torch.load(weights_only=True)``: a
+checkpoint that needs arbitrary unpickling is refused.
 """
 
 from __future__ import annotations
@@ -62,6 +65,36 @@ def rename_reference_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Ten
     return renamed
 
 
+WRN_RENAMES = ((re.compile(r"^block(\d)\.layer\.(\d+)\."), r"block\1.\2."),
+               (re.compile(r"\.convShortcut\."), ".shortcut."), (re.compile(r"^bn1\."), "bn_final."))
+
+
+def is_wide_resnet(state: dict[str, torch.Tensor]) -> bool:
+    return any(re.match(r"block\d\.layer\.\d+\.", k) for k in state)
+
+
+def rename_two_layer_head(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The reference's two-layer head is fc1-bn1-relu-fc2-bn2; robust-hub's is fc1-bn1-relu-fc3-bn3."""
+    if "projector.fc2.weight" not in state or "projector.fc3.weight" in state:
+        return state
+    return {re.sub(r"^projector\.(fc|bn)2\.", r"projector.\g<1>3.", k): v for k, v in state.items()}
+
+
+def head_layers(state: dict[str, torch.Tensor]) -> int:
+    if "projector.fc1.weight" not in state:
+        return 0
+    return 3 if "projector.fc2.weight" in state else 2
+
+
+def infer_wrn_args(state: dict[str, torch.Tensor]) -> dict:
+    """Depth, widening factor, batch norms and head of a (renamed) WideResNet state dict."""
+    per_group = len({int(m.group(1)) for k in state if (m := re.match(r"block1\.(\d+)\.", k))})
+    if "block1.0.conv1.weight" not in state or "conv1.weight" not in state:
+        raise RobustHubError("checkpoint is not a WideResNet in the reference layout (no conv1 / block1 keys)")
+    return dict(depth=6 * per_group + 4, widen=state["block1.0.conv1.weight"].shape[0] // 16,
+                dual_bn=any(".pgd." in k for k in state), proj_layers=head_layers(state))
+
+
 def infer_resnet_args(state: dict[str, torch.Tensor]) -> dict:
     """Block type, blocks per stage, widths, stem and head of a (renamed) ResNet state dict."""
     bottleneck = any(".conv3." in k for k in state)
@@ -74,25 +107,39 @@ def infer_resnet_args(state: dict[str, torch.Tensor]) -> dict:
         widths.append(state[f"layer{stage}.0.conv1.weight"].shape[0])
     if not layers or "conv1.weight" not in state:
         raise RobustHubError("checkpoint is not a ResNet in the reference layout (no conv1 / layerN keys)")
-    has_head = "projector.fc1.weight" in state
     return dict(
         block="bottleneck" if bottleneck else "basic", layers=layers, widths=widths,
         stem="imagenet" if state["conv1.weight"].shape[-1] == 7 else "cifar",
-        dual_bn=any(".pgd." in k for k in state),
-        proj_layers=(3 if "projector.fc2.weight" in state else 2) if has_head else 0,
+        dual_bn=any(".pgd." in k for k in state), proj_layers=head_layers(state),
     )
 
 
 def convert_reference_checkpoint(path: str | Path) -> RobustBackbone:
     """A robust-hub backbone holding the checkpoint's weights (pgd route by default).
 
-    The ResNet's depth, widths, stem and head are read off the checkpoint itself.
+    The network (ResNet or WideResNet), its depth, widths, stem and head are read off the checkpoint.
     """
     state = rename_reference_keys(read_reference_state(path))
     check_finite(state, source=str(path))
-    model = create_backbone("robust_resnet18", **infer_resnet_args(state))
+    if is_wide_resnet(state):
+        for pattern, replacement in WRN_RENAMES:
+            state = {pattern.sub(replacement, k): v for k, v in state.items()}
+        state = rename_two_layer_head(state)
+        name, args, kind = "robust_wrn28_10", infer_wrn_args(state), "WideResNet"
+    else:
+        state = rename_two_layer_head(state)
+        name, args, kind = "robust_resnet18", infer_resnet_args(state), "ResNet"
+    model = create_backbone(name, **args)
     try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as error:
-        raise RobustHubError(f"{path} does not match the reference ResNet layout: {str(error).splitlines()[0]}") from None
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as error:  # shapes that disagree
+        raise RobustHubError(f"{path} does not match the reference {kind} layout: {str(error).splitlines()[0]}") from None
+    if result.missing_keys or result.unexpected_keys:
+        raise RobustHubError(f"{path} does not match the reference {kind} layout: "
+                             f"missing keys {_names(result.missing_keys)}; unexpected keys {_names(result.unexpected_keys)}")
     return model.eval()
+
+
+def _names(keys: list[str], limit: int = 8) -> str:
+    shown = ", ".join(keys[:limit]) or "none"
+    return f"{shown} (and {len(keys) - limit} more)" if len(keys) > limit else shown
