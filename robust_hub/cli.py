@@ -82,6 +82,27 @@ def run_card_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_postprocess_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="a pre-trained robust-hub backbone (directory or Hub id)")
+    parser.add_argument("--out", required=True, help="directory to write the post-processed model to (must not exist)")
+    parser.add_argument("--revision", default=None)
+    parser.add_argument("--dataset", default=None, help="training images (default: the model's pre-training data)")
+    parser.add_argument("--split", default="train")
+    parser.add_argument("--clusters", type=int, default=None, help="k of k-means (default: the number of classes)")
+    parser.add_argument("--linear-epochs", type=int, default=10)
+    parser.add_argument("--trades-epochs", type=int, default=25)
+    parser.add_argument("--n-train", type=int, default=None, help="use only the first N images")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+
+
+def run_postprocess_command(args: argparse.Namespace) -> int:
+    from robust_hub.training.postprocess import run_postprocess
+
+    print(f"model written to {run_postprocess(args)}")
+    return 0
+
+
 def _commands() -> dict[str, tuple[str, Callable, Callable]]:
     from robust_hub.evaluation.cli import add_eval_arguments, run_eval_command
     from robust_hub.leaderboard.cli import (add_leaderboard_arguments, add_submit_arguments, run_leaderboard_command,
@@ -92,6 +113,8 @@ def _commands() -> dict[str, tuple[str, Callable, Callable]]:
                      add_pretrain_arguments, run_pretrain_command),
         "convert": ("convert a reference-code .pt checkpoint to the Hugging Face format",
                     add_convert_arguments, run_convert_command),
+        "postprocess": ("DynACL++: k-means pseudo-labels, a linear head and TRADES finetuning of a pre-trained backbone",
+                        add_postprocess_arguments, run_postprocess_command),
         "inspect": ("print what a saved backbone is", add_inspect_arguments, run_inspect_command),
         "push": ("upload a saved backbone to the Hugging Face Hub", add_push_arguments, run_push_command),
         "eval": ("evaluate any backbone: SLF/ALF/AFF, clean, PGD-20, AutoAttack, CIFAR-10-C",

@@ -165,14 +165,18 @@ def finetune(
     seed: int = 0,
     device: str | torch.device = "cpu",
     progress: bool = True,
+    head: nn.Linear | None = None,
 ) -> Classifier:
-    """Finetune a copy of ``backbone`` with a new head on uint8 ``images``; returns it in eval mode."""
+    """Finetune a copy of ``backbone`` with a new head (or a copy of ``head``) on uint8 ``images``;
+    returns it in eval mode."""
     keep = labels >= 0
     images, labels = images[keep], labels[keep]
     if len(images) == 0:
         raise RobustHubError("the training split has no labelled images to finetune on")
     torch.manual_seed(seed)
     model = Classifier(copy.deepcopy(backbone), num_features, num_classes).to(device)
+    if head is not None:
+        model.head.load_state_dict(head.state_dict())
     if cfg.name in ("slf", "alf"):
         model.encoder.requires_grad_(False)
     params = [p for p in model.parameters() if p.requires_grad]
