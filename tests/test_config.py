@@ -49,3 +49,26 @@ def test_missing_and_malformed_files(tmp_path):
     (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
     with pytest.raises(RobustHubError, match="mapping"):
         load_config(tmp_path / "list.yaml")
+
+
+PUBLISHED = {f"{m}_{d}.yaml": (m, d) for m in ("acl", "acl_ir", "dynacl", "dynacl_ir") for d in ("cifar10", "cifar100", "stl10")}
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED))
+def test_published_configs_hold_the_papers_settings(name):
+    method, dataset = PUBLISHED[name]
+    config = load_config(REPO_CONFIGS / name)
+    me, t, a = config.method, config.train, config.attack
+    assert me.name == method.removesuffix("_ir") and me.ir == method.endswith("_ir")
+    assert config.data.source == {"cifar10": "uoft-cs/cifar10", "cifar100": "uoft-cs/cifar100", "stl10": "tanganke/stl10"}[dataset]
+    assert (config.model.arch, config.data.image_size) == (("robust_resnet18_stl", 96) if dataset == "stl10" else ("robust_resnet18", 32))
+    assert (t.lr, t.batch_size, t.epochs, t.warmup_epochs, t.lr_min, t.lars_convention) == (5.0, 512, 1000, 10, 1e-6, "reference")
+    assert (t.momentum, t.weight_decay, t.trust_coefficient, t.seed) == (0.9, 1e-6, 1e-3, 1)
+    assert (a.eps, a.alpha, a.steps) == (pytest.approx(8 / 255), pytest.approx(2 / 255), 5) and me.temperature == 0.5
+    assert (me.strength, me.adv_weight, me.schedule_period) == (1.0, 0.0, 50)
+    assert (me.sir_weight, me.air_weight, me.ir_divergence) == (0.5, 0.5, "reference")
+    assert t.output_dir == f"outputs/{name.removesuffix('.yaml')}"
+
+
+def test_scientific_notation_in_overrides_is_a_float():
+    assert load_config(REPO_CONFIGS / "offline.yaml", ["train.weight_decay=1e-6"]).train.weight_decay == 1e-6
