@@ -35,7 +35,7 @@ def acl_step(model, optimizer, method, augment, images, autocast) -> None:
     view_i, view_j, _ = augment.views(images)
     adversarial = method.attack(model, view_i, view_j, autocast)
     with autocast():
-        loss = method.loss(model, (view_i, view_j), adversarial, epoch=0)
+        loss = method.loss(model, (view_i, view_j), adversarial, epoch=0).total
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()

@@ -25,3 +25,14 @@ def test_main_job_config_is_the_offline_default():
     config = re.search(r"--config (\S+)", main_job).group(1)
     settings = yaml.safe_load((REPO / config).read_text())
     assert settings["data"]["source"].startswith("embedded:")
+
+
+def test_every_config_the_readme_names_exists_and_loads():
+    from robust_hub.config import load_config
+
+    text = (REPO / "README.md").read_text()
+    names = set(re.findall(r"configs/([a-z0-9_]+\.yaml)", text)) | set(re.findall(r"\| `([a-z0-9_]+\.yaml)`", text))
+    names |= set(re.findall(r"\| `([a-z0-9_]+_(?:cifar10|cifar100|stl10)\.yaml)`", text))
+    assert {"dynacl_ir_cifar10.yaml", "acl_ir_stl10.yaml", "dynacl_cifar100.yaml"} <= names
+    for name in names:
+        load_config(REPO / "configs" / name)
