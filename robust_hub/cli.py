@@ -40,13 +40,18 @@ def run_pretrain_command(args: argparse.Namespace) -> int:
 def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", help="reference-code .pt checkpoint (read with weights_only=True)")
     parser.add_argument("output", help="directory to write the Hugging Face model to")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="write into an existing directory robust-hub did not write (only its own files are replaced)")
 
 
 def run_convert_command(args: argparse.Namespace) -> int:
     from robust_hub.models.convert import convert_reference_checkpoint
 
+    from robust_hub.io import claim_directory
+
+    claim_directory(args.output, "model", overwrite=args.overwrite)  # before the work, not after it
     model = convert_reference_checkpoint(args.checkpoint)
-    model.save_pretrained(args.output, metadata={"converted_from": str(args.checkpoint)})
+    model.save_pretrained(args.output, metadata={"converted_from": str(args.checkpoint)}, overwrite=args.overwrite)
     print(f"model written to {args.output}")
     return 0
 

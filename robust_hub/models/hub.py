@@ -58,12 +58,16 @@ def build_config(model: RobustBackbone, metadata: dict[str, Any] | None = None) 
 
 def save_pretrained(model: RobustBackbone, save_directory: str | os.PathLike, *,
                     metadata: dict[str, Any] | None = None, model_card: str | None = None,
-                    extra_files: dict[str, bytes] | None = None) -> Path:
-    """Write the backbone as a Hugging Face model directory, atomically (all files or none)."""
+                    extra_files: dict[str, bytes] | None = None, overwrite: bool = False) -> Path:
+    """Write the backbone as a Hugging Face model directory, atomically (all files or none).
+
+    An existing non-empty directory that is not a robust-hub model is refused unless ``overwrite``; even
+    then only the files a model consists of are replaced (see :func:`robust_hub.io.atomic_directory`).
+    """
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     check_finite(state, source="the model being saved")
     config = build_config(model, metadata)
-    with atomic_directory(save_directory) as staging:
+    with atomic_directory(save_directory, "model", overwrite=overwrite) as staging:
         save_file(state, str(staging / WEIGHTS_NAME), metadata={"format": "pt"})
         write_json_atomic(staging / "config.json", config)
         write_json_atomic(staging / "preprocessor_config.json", {
