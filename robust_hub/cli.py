@@ -17,6 +17,8 @@ def add_pretrain_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="YAML run config (configs/*.yaml); defaults are the paper's ACL setting")
     parser.add_argument("--resume", nargs="?", const="latest", default=None, metavar="CHECKPOINT",
                         help="continue from a checkpoint dir, or the latest one in train.output_dir")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start afresh in a train.output_dir that holds another run or other files")
     parser.add_argument("overrides", nargs="*", metavar="section.key=value",
                         help="config overrides, e.g. train.epochs=10 data.source=uoft-cs/cifar10")
 
@@ -26,7 +28,7 @@ def run_pretrain_command(args: argparse.Namespace) -> int:
     from robust_hub.training.loop import pretrain
 
     config = load_config(args.config, args.overrides)
-    result = pretrain(config, resume=args.resume)
+    result = pretrain(config, resume=args.resume, overwrite=args.overwrite)
     if result.stopped_by_signal:
         print(f"interrupted: checkpoint written to {result.checkpoint}; continue with --resume", file=sys.stderr)
         return 128 + result.stopped_by_signal

@@ -7,6 +7,7 @@ for type and range in one place, and the result is frozen and written beside the
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -25,7 +26,10 @@ def parse_fraction(text: str) -> float:
     """``8/255``, ``0.031`` or ``1e-3`` as a float; ValueError otherwise (also for x/0)."""
     match = FRACTION.match(text)
     if match:
-        return float(match.group(1)) / float(match.group(2))
+        numerator, denominator = float(match.group(1)), float(match.group(2))
+        if denominator == 0:
+            raise ValueError(f"{text!r} divides by zero")
+        return numerator / denominator
     return float(text)
 
 
@@ -118,10 +122,14 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
 
 def _read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
+    if path.is_dir():
+        raise RobustHubError(f"config file {path} is a directory; give the YAML file")
     if not path.is_file():
         raise RobustHubError(f"config file {path} does not exist")
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as error:
+        raise RobustHubError(f"config file {path} is not UTF-8 text (byte {error.start}); save it as UTF-8") from None
     except yaml.YAMLError as error:
         raise RobustHubError(f"config file {path} is not valid YAML: {str(error).splitlines()[0]}") from None
     if not isinstance(raw, dict):
@@ -170,12 +178,15 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
             return None
         hint = next(a for a in args if a is not type(None))
     if hint is float:
-        if isinstance(value, str):  # 8/255, and 1e-6 (which YAML 1.1 reads as a string)
+        if isinstance(value, str):  # 8/255, and what YAML 1.1 leaves as text: 1e-3, inf, nan
             try:
                 value = parse_fraction(value)
-            except ValueError:
-                pass
+            except ValueError as error:
+                if FRACTION.match(value):
+                    raise RobustHubError(f"config value {key}={value!r}: {error}") from None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise RobustHubError(f"config value {key}={value!r} must be a finite number")
             return float(value)
     elif hint is int and isinstance(value, int) and not isinstance(value, bool):
         return value
@@ -201,7 +212,8 @@ def validate(config: RunConfig) -> None:
 
     d, m, a, me, t = config.data, config.model, config.attack, config.method, config.train
     _check(d.image_size >= 8, f"data.image_size must be >= 8, got {d.image_size}")
-    _check(0 <= d.val_fraction < 0.5, f"data.val_fraction must be in [0, 0.5), got {d.val_fraction}")
+    # The one check of val_fraction: the held-out split needs images on both sides (RCS uses it).
+    _check(0 < d.val_fraction < 0.5, f"data.val_fraction must be in (0, 0.5), got {d.val_fraction}")
     _check(m.proj_layers in (2, 3), f"model.proj_layers must be 2 or 3, got {m.proj_layers}")
     _check(0 <= a.eps <= 1, f"attack.eps must be in [0, 1] (pixel units), got {a.eps}")
     _check(0 <= a.alpha <= 1, f"attack.alpha must be in [0, 1], got {a.alpha}")

@@ -72,3 +72,32 @@ def test_published_configs_hold_the_papers_settings(name):
 
 def test_scientific_notation_in_overrides_is_a_float():
     assert load_config(REPO_CONFIGS / "offline.yaml", ["train.weight_decay=1e-6"]).train.weight_decay == 1e-6
+
+
+@pytest.mark.parametrize("override,message", [
+    ("train.lr=inf", "finite"), ("train.lr=.inf", "finite"), ("train.lr=nan", "finite"), ("attack.eps=1e999", "finite"),
+    ("attack.eps=8/0", "divides by zero"), ("data.val_fraction=0", "data.val_fraction"),
+    ("data.val_fraction=0.5", "data.val_fraction"),
+])
+def test_non_finite_values_and_zero_denominators_are_refused_at_validation(override, message):
+    with pytest.raises(RobustHubError, match=message):
+        load_config(REPO_CONFIGS / "offline.yaml", [override])
+
+
+def test_yaml_text_numbers_are_read_as_numbers():
+    assert load_config(REPO_CONFIGS / "offline.yaml", ["train.lr=1e-3"]).train.lr == 1e-3
+
+
+def test_parse_fraction_keeps_its_promise():
+    from robust_hub.config import parse_fraction
+
+    with pytest.raises(ValueError):
+        parse_fraction("8/0")
+
+
+def test_non_utf8_and_directory_config_paths(tmp_path):
+    (tmp_path / "latin1.yaml").write_bytes("train:\n  output_dir: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(RobustHubError, match="not UTF-8"):
+        load_config(tmp_path / "latin1.yaml")
+    with pytest.raises(RobustHubError, match="is a directory"):
+        load_config(tmp_path)

@@ -15,22 +15,23 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, set_seed
+from safetensors import SafetensorError
 from tqdm.auto import tqdm
 
 from robust_hub.config import RunConfig
 from robust_hub.data import ImageDataset, SimCLRAugment, load_image_dataset
 from robust_hub.errors import RobustHubError
-from robust_hub.io import write_json_atomic, write_text_atomic
+from robust_hub.io import write_json_atomic, write_marker, write_text_atomic
 from robust_hub.models import RobustBackbone, create_backbone, list_backbones
 from robust_hub.provenance import environment
 from robust_hub.training.batches import epoch_batches
 from robust_hub.training.card import loss_curve_png, render_backbone_card
 from robust_hub.training.methods import METHODS
 from robust_hub.training.optim import build_optimizer, build_scheduler
+from robust_hub.training.run_dir import (CHECKPOINTS, CONFIG_FILE, PROGRESS_FILE, clean_stale_checkpoints,
+                                         prepare_output_dir, prune_checkpoints, set_aside_earlier_checkpoints)
 
 log = logging.getLogger("robust_hub.pretrain")
-CHECKPOINTS = "checkpoints"
-PROGRESS_FILE = "progress.json"
 
 
 @dataclass
@@ -86,9 +87,13 @@ class PretrainResult:
     stopped_by_signal: int = 0
 
 
-def pretrain(config: RunConfig, resume: str | bool | None = None) -> PretrainResult:
-    """Pre-train per ``config``; ``resume`` is a checkpoint dir, or True for the latest one."""
+def pretrain(config: RunConfig, resume: str | bool | None = None, overwrite: bool = False) -> PretrainResult:
+    """Pre-train per ``config``; ``resume`` is a checkpoint dir, or True for the latest one.
+
+    ``overwrite`` lets a fresh run start in a directory holding another run (or other files).
+    """
     out = Path(config.train.output_dir)
+    checkpoint_to_load = prepare_output_dir(out, config, resume, overwrite)  # before anything is created
     accelerator = Accelerator(
         # Without this, processes started by torchrun on a machine with no accelerator would
         # each train alone instead of forming a gloo (MULTI_CPU) group.
@@ -100,7 +105,6 @@ def pretrain(config: RunConfig, resume: str | bool | None = None) -> PretrainRes
     set_seed(config.train.seed, device_specific=True)
     train_set, val_set = _load_data(config)  # before anything is written: bad input fails clean
     model = _build_model(config)
-    checkpoint_to_load = _find_checkpoint(out, resume) if resume else None
     optimizer = build_optimizer(model, config.train)
     scheduler = build_scheduler(optimizer, config.train)
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -108,9 +112,18 @@ def pretrain(config: RunConfig, resume: str | bool | None = None) -> PretrainRes
     if checkpoint_to_load:
         # The scheduler is stepped with absolute epoch progress and needs no state; the progress
         # is JSON, so nothing registered with Accelerate is unpickled without weights_only.
-        accelerator.load_state(str(checkpoint_to_load))
+        try:
+            accelerator.load_state(str(checkpoint_to_load))
+        except (RuntimeError, ValueError, KeyError, OSError, EOFError, SafetensorError) as error:
+            first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            raise RobustHubError(f"--resume: cannot load {checkpoint_to_load}: {first_line}") from None
         progress.load_state_dict(_read_progress(checkpoint_to_load))
         log.info("resumed from %s at epoch %d step %d", checkpoint_to_load, progress.epoch, progress.step_in_epoch)
+    accelerator.wait_for_everyone()  # every process has checked the output directory before it changes
+    if accelerator.is_main_process:
+        clean_stale_checkpoints(out)
+        if overwrite and not checkpoint_to_load:
+            set_aside_earlier_checkpoints(out)
     _write_run_files(accelerator, config, out, train_set, val_set)
     accelerator.init_trackers("pretrain", config=_flat(config.to_dict()))
     trainer = _Trainer(config, accelerator, model, optimizer, scheduler, progress, train_set, len(val_set))
@@ -144,18 +157,6 @@ def _build_model(config: RunConfig) -> RobustBackbone:
     return model
 
 
-def _find_checkpoint(out: Path, resume: str | bool) -> Path:
-    if resume is True or resume == "latest":
-        candidates = sorted((out / CHECKPOINTS).glob("step_*")) if (out / CHECKPOINTS).is_dir() else []
-        if not candidates:
-            raise RobustHubError(f"--resume: no checkpoint under {out / CHECKPOINTS}")
-        return candidates[-1]
-    path = Path(resume)
-    if not (path / PROGRESS_FILE).is_file() or not any(path.glob("model*.safetensors")):
-        raise RobustHubError(f"--resume: {path} is not a robust-hub checkpoint directory")
-    return path
-
-
 def _read_progress(checkpoint: Path) -> dict[str, Any]:
     try:
         state = json.loads((checkpoint / PROGRESS_FILE).read_text(encoding="utf-8"))
@@ -171,6 +172,7 @@ def _write_run_files(accelerator: Accelerator, config: RunConfig, out: Path,
         return
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / "run_config.yaml", config.to_yaml())
+    write_marker(out, "run", files=["run_config.yaml", "environment.json", "logs", CHECKPOINTS, "model"])
     write_json_atomic(out / "environment.json", environment(
         seeds={"seed": config.train.seed, "per_process": "seed + process_index"},
         extra={"num_processes": accelerator.num_processes, "mixed_precision": accelerator.mixed_precision,
@@ -290,11 +292,10 @@ class _Trainer:
         acc.wait_for_everyone()
         if acc.is_main_process:
             write_json_atomic(staging / PROGRESS_FILE, self.progress.state_dict())
+            write_json_atomic(staging / CONFIG_FILE, self.config.to_dict())
             shutil.rmtree(path, ignore_errors=True)
             os.replace(staging, path)
-            older = sorted((self.out / CHECKPOINTS).glob("step_*"))[: -self.config.train.keep_checkpoints]
-            for stale in older:
-                shutil.rmtree(stale, ignore_errors=True)
+            prune_checkpoints(self.out, self.config.train.keep_checkpoints)
         acc.wait_for_everyone()
         return path
 
