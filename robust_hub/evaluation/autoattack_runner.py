@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import logging
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,28 +65,47 @@ class AutoAttackResult:
     robust: list[bool] = field(repr=False, default_factory=list)
 
 
-class _Capture(logging.Handler):
+class AttackLog:
+    """Stands in for the reference code's ``logging.getLogger('auto-attack')`` on one adversary.
+
+    The reference checks report through ``logger.warning`` (or ``warnings.warn`` when given no
+    logger). Handing each attack this object instead of the shared logger collects every warning
+    whatever the program's logging configuration is (``logging.disable``, no handlers, levels).
+    """
+
     def __init__(self) -> None:
-        super().__init__(level=logging.WARNING)
         self.messages: list[str] = []
 
-    def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage())
+    def warning(self, message, *args, **kwargs) -> None:
+        self.messages.append(str(message) % args if args else str(message))
+
+    warn = error = critical = warning
+
+    def debug(self, *args, **kwargs) -> None:
+        pass
+
+    info = debug
+
+
+def attach_attack_log(adversary) -> AttackLog:
+    """Route every warning of ``adversary`` (and its APGD attacks) into a fresh :class:`AttackLog`."""
+    log = AttackLog()
+    adversary.logger = log
+    for name in ("apgd", "apgd_targeted"):
+        attack = getattr(adversary, name, None)
+        if attack is not None and hasattr(attack, "logger"):
+            attack.logger = log
+    return log
 
 
 @contextlib.contextmanager
-def capture_autoattack_warnings():
-    """Collect what the reference code reports through its logger and through ``warnings``."""
-    handler = _Capture()
-    logger = logging.getLogger("auto-attack")
-    logger.addHandler(handler)
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            yield handler.messages
-            handler.messages.extend(str(w.message) for w in caught)
-    finally:
-        logger.removeHandler(handler)
+def capture_python_warnings():
+    """What the reference code reports through ``warnings`` (attacks built with no logger)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        messages: list[str] = []
+        yield messages
+        messages.extend(str(w.message) for w in caught)
 
 
 def flags_from_messages(messages: list[str]) -> list[str]:
@@ -108,8 +126,9 @@ def _attack_chunk(model, x, y, *, norm, eps, seed, version, batch_size, device) 
     with torch.no_grad():
         logits = model(x[:1].to(device))
     n_cls = logits.shape[1]
-    with capture_autoattack_warnings() as messages:
+    with capture_python_warnings() as python_warnings:
         adversary = AutoAttack(model, norm=AA_NORMS[norm], eps=eps, version=version, seed=seed, device=device)
+        attack_log = attach_attack_log(adversary)
         if n_cls <= 10:  # the standard version targets 9 classes; fewer exist on small label sets
             adversary.apgd_targeted.n_target_classes = max(1, n_cls - 1)
             adversary.fab.n_target_classes = max(1, n_cls - 1)
@@ -122,7 +141,7 @@ def _attack_chunk(model, x, y, *, norm, eps, seed, version, batch_size, device) 
     return {
         "clean": clean.tolist(),
         "robust": robust.tolist(),
-        "messages": list(dict.fromkeys(messages)),
+        "messages": list(dict.fromkeys(attack_log.messages + python_warnings)),
         "zero_margin_grad": int((grad_norms <= 1e-12).sum()),
         "n_clean_correct": int(clean.sum()),
     }

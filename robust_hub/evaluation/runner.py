@@ -23,6 +23,7 @@ from robust_hub.errors import RobustHubError
 from robust_hub.provenance import hardware, library_versions
 from robust_hub.evaluation.attacks import PGDConfig, margin_input_gradient_norms, parse_norm, pgd
 from robust_hub.evaluation.autoattack_runner import MASKED_GRADIENT_THRESHOLD, run_autoattack
+from robust_hub.evaluation.verdict import Measurement, decide, measure_gradients
 from robust_hub.evaluation.corruptions import corruption_accuracy, generate_corruption_set, load_cifar10c
 from robust_hub.evaluation.loading import EvalBackbone, load_backbone
 from robust_hub.evaluation.protocols import (PROTOCOLS, Classifier, ProtocolConfig, default_protocol_config, finetune,
@@ -104,20 +105,27 @@ def accuracy(model: nn.Module, data: SplitData, *, batch_size: int = 256, device
     return correct / len(data.images)
 
 
-def pgd_accuracy(model: nn.Module, data: SplitData, attack: PGDConfig, *, seed: int = 0, batch_size: int = 256,
-                 device="cpu", progress: bool = True) -> float:
-    """Accuracy under ``attack`` (PGD-20 by default in :func:`evaluate`), seeded."""
+def pgd_correct(model: nn.Module, data: SplitData, attack: PGDConfig, *, seed: int = 0, batch_size: int = 256,
+                device="cpu", progress: bool = True) -> list[bool]:
+    """Per image: still classified correctly under ``attack`` (seeded)."""
     model.eval()
     torch.manual_seed(seed)
-    correct = 0
+    correct: list[bool] = []
     batches = range(0, len(data.images), batch_size)
     for i in tqdm(batches, desc=f"PGD-{attack.steps} eps={attack.eps:.4g}", disable=not progress, leave=False):
         x = data.images[i:i + batch_size].float().div(255).to(device)
         y = data.labels[i:i + batch_size].to(device)
         x_adv = pgd(model, x, y, attack)
         with torch.no_grad():
-            correct += (model(x_adv).argmax(1) == y).sum().item()
-    return correct / len(data.images)
+            correct += (model(x_adv).argmax(1) == y).cpu().tolist()
+    return correct
+
+
+def pgd_accuracy(model: nn.Module, data: SplitData, attack: PGDConfig, *, seed: int = 0, batch_size: int = 256,
+                 device="cpu", progress: bool = True) -> float:
+    """Accuracy under ``attack`` (PGD-20 by default in :func:`evaluate`), seeded."""
+    correct = pgd_correct(model, data, attack, seed=seed, batch_size=batch_size, device=device, progress=progress)
+    return sum(correct) / len(correct)
 
 
 def masked_gradient_fraction(model: nn.Module, data: SplitData, *, n: int = 256, device="cpu") -> float:
@@ -356,52 +364,49 @@ def _finetuned(backbone, cfg, train, num_classes, opts, ckpt: Path) -> tuple[Cla
 
 def _measure(classifier: Classifier, test: SplitData, opts: EvalOptions, state_dir: Path, stem: str,
              walls: dict) -> tuple[dict, list[str]]:
-    metrics: dict[str, Any] = {}
-    flags: list[str] = []
-    untrusted: dict[str, Any] = {}
+    """Each metric measured on its own (value + flags); :func:`verdict.decide` publishes or withholds."""
+    measured: dict[str, Measurement] = {}
     dev, bs = opts.device, opts.batch_size
-
     t0 = time.perf_counter()
-    masked = masked_gradient_fraction(classifier, test, device=dev)
-    metrics["masked_gradient_fraction"] = masked
-    if masked > MASKED_GRADIENT_THRESHOLD:
-        flags += ["masked_gradients"]
+    probe = test.head(256)
+    measured["gradients"] = measure_gradients(classifier, probe.images.float().div(255).to(dev), probe.labels.to(dev))
     if "clean" in opts.metrics:
-        metrics["clean_acc"] = accuracy(classifier, test, batch_size=bs, device=dev)
+        measured["clean"] = Measurement(accuracy(classifier, test, batch_size=bs, device=dev))
     walls["clean"] = time.perf_counter() - t0
-    if "masked_gradients" in flags and not opts.attack_masked_models:
-        # gradient attacks cannot be trusted on this model: report no robust number at all
-        metrics.update({k: None for k, m in (("pgd20_acc", "pgd20"), ("autoattack_acc", "autoattack")) if m in opts.metrics})
-        flags += ["robust_acc_withheld", "attacks_skipped"]
-        if "c10c" in opts.metrics:
-            t0 = time.perf_counter()
-            metrics["c10c"] = _c10c(classifier, test, opts)
-            flags += ["generated_corruptions"] if metrics["c10c"]["generated"] else []
-            walls["c10c"] = time.perf_counter() - t0
-        return metrics, sorted(set(flags))
+    # with no margin gradient, no gradient attack can be trusted: skip them unless asked to run them anyway
+    skip_attacks = "masked_gradients" in measured["gradients"].flags and not opts.attack_masked_models
+    if skip_attacks:
+        measured.update({m: Measurement(None) for m in ("pgd20", "autoattack") if m in opts.metrics})
+    else:
+        _measure_attacks(classifier, test, opts, state_dir, stem, walls, measured)
+    if "c10c" in opts.metrics:
+        t0 = time.perf_counter()
+        c10c = _c10c(classifier, test, opts)
+        measured["c10c"] = Measurement(c10c, ["generated_corruptions"] if c10c["generated"] else [])
+        walls["c10c"] = time.perf_counter() - t0
+    return decide(measured, eps_curve_attack=opts.eps_curve_attack, autoattack_version=opts.autoattack_version)
 
-    pgd20 = PGDConfig(eps=opts.eps, alpha=opts.eps / 4, steps=20, norm=opts.norm, random_start=True)
+
+def _measure_attacks(classifier: Classifier, test: SplitData, opts: EvalOptions, state_dir: Path, stem: str,
+                     walls: dict, measured: dict[str, Measurement]) -> None:
+    dev, bs = opts.device, opts.batch_size
     if "pgd20" in opts.metrics:
         t0 = time.perf_counter()
-        metrics["pgd20_acc"] = pgd_accuracy(classifier, test, pgd20, seed=opts.seed, batch_size=bs, device=dev,
-                                            progress=opts.progress)
+        attack = PGDConfig(eps=opts.eps, alpha=opts.eps / 4, steps=20, norm=opts.norm, random_start=True)
+        correct = pgd_correct(classifier, test, attack, seed=opts.seed, batch_size=bs, device=dev,
+                              progress=opts.progress)
+        measured["pgd20"] = Measurement(sum(correct) / len(correct), [], {"correct": correct})
         walls["pgd20"] = time.perf_counter() - t0
-
     aa_data = test.head(opts.n_autoattack)
     if "autoattack" in opts.metrics:
         t0 = time.perf_counter()
         res = _autoattack(classifier, aa_data, opts, opts.eps, state_dir / f"{stem}.autoattack.json")
-        metrics["autoattack_acc"] = res.robust_acc
-        metrics["autoattack_n"] = res.n
-        metrics["autoattack_messages"] = res.messages
-        flags += res.flags
-        if len(aa_data.images) < len(test.images):
-            flags.append("autoattack_subset")
+        subset = ["autoattack_subset"] if len(aa_data.images) < len(test.images) else []
+        measured["autoattack"] = Measurement(res.robust_acc, res.flags + subset, {"n": res.n, "messages": res.messages})
         walls["autoattack"] = time.perf_counter() - t0
-
     if opts.eps_curve:
         t0 = time.perf_counter()
-        curve = {}
+        curve, flags = {}, []
         for e in opts.eps_curve:
             if opts.eps_curve_attack == "pgd20":
                 cfg = PGDConfig(eps=e, alpha=e / 4, steps=20, norm=opts.norm, random_start=True)
@@ -411,25 +416,8 @@ def _measure(classifier: Classifier, test: SplitData, opts: EvalOptions, state_d
                 res = _autoattack(classifier, aa_data, opts, e, state_dir / f"{stem}.autoattack-eps{e:.6g}.json")
                 curve[f"{e:.8g}"] = res.robust_acc
                 flags += res.flags
-        metrics["eps_curve"] = {opts.eps_curve_attack: curve}
+        measured["eps_curve"] = Measurement({opts.eps_curve_attack: curve}, flags)
         walls["eps_curve"] = time.perf_counter() - t0
-
-    if "c10c" in opts.metrics:
-        t0 = time.perf_counter()
-        metrics["c10c"] = _c10c(classifier, test, opts)
-        if metrics["c10c"]["generated"]:
-            flags.append("generated_corruptions")
-        walls["c10c"] = time.perf_counter() - t0
-
-    if "masked_gradients" in flags:
-        flags.append("robust_acc_withheld")
-        for k in ("pgd20_acc", "autoattack_acc"):
-            if k in metrics:
-                untrusted[k], metrics[k] = metrics[k], None
-        if "eps_curve" in metrics:
-            untrusted["eps_curve"], metrics["eps_curve"] = metrics["eps_curve"], None
-        metrics["untrusted"] = untrusted
-    return metrics, sorted(set(flags))
 
 
 def _autoattack(classifier, data: SplitData, opts: EvalOptions, eps: float, state_path: Path):
