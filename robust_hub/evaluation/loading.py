@@ -101,6 +101,28 @@ def sha256_state_dict(model: nn.Module) -> str:
     return h.hexdigest()
 
 
+def sha256_module(model: nn.Module) -> str:
+    """Identity of a whole in-memory model: its module tree (classes, their code, plain settings) and weights.
+
+    Weights alone are not enough: two modules with equal weights but, say, an extra non-parametric
+    layer compute different things and must not share a result record.
+    """
+    import inspect
+
+    h = hashlib.sha256(sha256_state_dict(model).encode())
+    for name, module in model.named_modules():
+        cls = type(module)
+        try:
+            code = inspect.getsource(cls)
+        except (OSError, TypeError):
+            code = ""
+        settings = {k: v for k, v in vars(module).items()
+                    if not k.startswith("_") and isinstance(v, (bool, int, float, str, tuple, type(None)))}
+        h.update(f"{name}|{cls.__module__}.{cls.__qualname__}|{sorted(settings.items())!r}|".encode())
+        h.update(hashlib.sha256(code.encode()).digest())
+    return h.hexdigest()
+
+
 def sha256_directory(path: Path) -> str:
     """Content hash of every regular file under ``path`` (relative names and bytes)."""
     h = hashlib.sha256()
@@ -179,7 +201,7 @@ def wrap_module(model: nn.Module, *, model_id: str = "in-memory", library: str |
     if isinstance(model, EvalBackbone):
         return model
     sha = sha256_state_dict(model)
-    info = ModelInfo(id=model_id, revision=f"state-sha256:{sha}", weights_sha256=sha,
+    info = ModelInfo(id=model_id, revision=f"module-sha256:{sha256_module(model)}", weights_sha256=sha,
                      library=library or _library_of(model))
     if hasattr(model, "pretrained_cfg") and hasattr(model, "num_features"):
         return _wrap_timm(model, info)
