@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from typing import Callable, Sequence
 
@@ -11,6 +12,13 @@ from robust_hub.errors import RobustHubError
 from robust_hub.hub_push import add_push_arguments, run_push_command
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """Usage mistakes are bad input too: one ``error:`` line and exit status 2 (``--help`` shows the usage)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"error: {self.prog}: {message} (see --help)\n")
 
 
 def add_pretrain_arguments(parser: argparse.ArgumentParser) -> None:
@@ -136,7 +144,7 @@ def _commands() -> dict[str, tuple[str, Callable, Callable]]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="robust-hub", description="Adversarially robust self-supervised pre-training")
+    parser = OneLineParser(prog="robust-hub", description="Adversarially robust self-supervised pre-training")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (help_text, add_arguments, run) in _commands().items():
         command = sub.add_parser(name, help=help_text, description=help_text)
@@ -151,7 +159,8 @@ def run_with_errors(run: Callable[[argparse.Namespace], int], args: argparse.Nam
     try:
         return run(args)
     except RobustHubError as error:
-        print(f"error: {error}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # under a multi-process launcher every rank fails alike
+            print(f"error: {error}", file=sys.stderr)
         return 2
 
 

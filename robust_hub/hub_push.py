@@ -42,6 +42,9 @@ def push_to_hub(model_dir: str | Path, repo_id: str, *, revision: str | None = N
     """
     if repo_id.count("/") != 1 or repo_id.startswith(("/", ".")) or repo_id.endswith("/"):
         raise RobustHubError(f"{repo_id!r} is not a Hub repo id of the form 'org/name'")
+    from robust_hub.models.hub import check_repo_id
+
+    check_repo_id(repo_id)
     config = validate_model_dir(model_dir)
 
     from huggingface_hub import HfApi

@@ -97,6 +97,9 @@ def _legacy_kind(directory: Path) -> str | None:
             return "model"
     if (directory / "run_config.yaml").is_file() and (directory / "environment.json").is_file():
         return "run"
+    entries = list(directory.iterdir()) if directory.is_dir() else []
+    if (directory / "state").is_dir() and all(p.name == "state" or p.suffix == ".json" for p in entries):
+        return "eval-results"  # records and resumable state of `robust-hub eval`
     return None
 
 

@@ -9,11 +9,11 @@ Works on one CPU, one GPU or several (``accelerate launch --num_processes N``).
 import argparse
 import sys
 
-from robust_hub.cli import add_pretrain_arguments, run_pretrain_command, run_with_errors
+from robust_hub.cli import OneLineParser, add_pretrain_arguments, run_pretrain_command, run_with_errors
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_pretrain_arguments(parser)
     return run_with_errors(run_pretrain_command, parser.parse_args())
 

@@ -43,6 +43,8 @@ def update_card_with_results(model_dir: str | Path, results_dir: str | Path) -> 
     card, weights = model_dir / "README.md", model_dir / "model.safetensors"
     if not card.is_file() or not weights.is_file():
         raise RobustHubError(f"{model_dir} needs README.md and model.safetensors to update its card")
+    if not Path(results_dir).is_dir():
+        raise RobustHubError(f"results directory {results_dir} does not exist; give the --out of `robust-hub eval`")
     digest = sha256_file(weights)
     records = [r.to_dict() for r in load_records(results_dir) if r.model.weights_sha256 == digest]
     if not records:

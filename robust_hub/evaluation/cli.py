@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from robust_hub.cli import run_with_errors
+from robust_hub.cli import OneLineParser, run_with_errors
 from robust_hub.config import parse_fraction
 from robust_hub.errors import RobustHubError
 
@@ -54,6 +54,8 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=256, help="evaluation batch size")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument("--overwrite", action="store_true", help="write records into an --out that robust-hub did not "
+                   "create (nothing in it is deleted)")
 
 
 def _overrides(args: argparse.Namespace) -> dict:
@@ -80,12 +82,12 @@ def run_eval_command(args: argparse.Namespace) -> int:
         n_autoattack=args.n_autoattack, protocol_overrides=_overrides(args), c10c_dir=args.c10c_dir,
         c10c_generate=args.c10c_generate, c10c_n_per_severity=args.c10c_n_per_severity,
         autoattack_version=args.autoattack_version, autoattack_chunk_size=args.autoattack_chunk_size,
-        batch_size=args.batch_size, device=args.device, progress=not args.no_progress,
+        batch_size=args.batch_size, device=args.device, progress=not args.no_progress, overwrite=args.overwrite,
     )
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="robust-hub eval", description="Evaluate a backbone with SLF, ALF and AFF.")
+    parser = OneLineParser(prog="robust-hub eval", description="Evaluate a backbone with SLF, ALF and AFF.")
     add_eval_arguments(parser)
     return run_with_errors(run_eval_command, parser.parse_args(argv))

@@ -228,6 +228,8 @@ def _load_timm_dir(path: Path, info_kw: dict) -> EvalBackbone:
     try:
         model = timm.create_model(f"local-dir:{path}", pretrained=True, num_classes=0)
     except RuntimeError as exc:
+        if str(exc).startswith("Unknown model"):
+            raise RobustHubError(f"{path}: config.json names an architecture timm does not know ({exc})") from None
         raise RobustHubError(f"{path}: weights do not match the architecture in config.json ({exc})") from exc
     except (KeyError, ValueError) as exc:  # timm raises these for unknown architectures / bad configs
         raise RobustHubError(f"{path}: timm cannot build this model ({exc})") from exc

@@ -23,6 +23,8 @@ from robust_hub.errors import RobustHubError
 from robust_hub.provenance import hardware, library_versions
 from robust_hub.evaluation.attacks import PGDConfig, margin_input_gradient_norms, parse_norm, pgd
 from robust_hub.evaluation.autoattack_runner import MASKED_GRADIENT_THRESHOLD, run_autoattack
+from robust_hub.evaluation.validate import RESULTS_KIND, resolve_device, validate_eval_arguments
+from robust_hub.io import read_marker, write_marker
 from robust_hub.evaluation.verdict import Measurement, decide, measure_gradients
 from robust_hub.evaluation.corruptions import corruption_accuracy, generate_corruption_set, load_cifar10c
 from robust_hub.evaluation.loading import EvalBackbone, load_backbone
@@ -185,9 +187,7 @@ def _parse_protocols(protocols: Sequence[str] | str) -> list[str]:
 
 
 def _resolve_device(device: str | torch.device | None) -> torch.device:
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    return resolve_device(device)
 
 
 def _protocol_configs(names, dataset_name: str, opts: EvalOptions, overrides: dict | None) -> list[ProtocolConfig]:
@@ -236,6 +236,7 @@ def evaluate(
     progress: bool = True,
     print_table: bool = True,
     attack_masked_models: bool = False,
+    overwrite: bool = False,
 ) -> list[dict]:
     """Evaluate ``model`` under each protocol on ``dataset``; returns the records (as dicts).
 
@@ -249,6 +250,9 @@ def evaluate(
     ``"train_attack.steps"``) to values. Records already in ``out_dir`` are reused, not recomputed.
     """
     t_start = time.perf_counter()
+    validate_eval_arguments(out_dir=out_dir, n_train=n_train, n_test=n_test, n_autoattack=n_autoattack,
+                            batch_size=batch_size, autoattack_chunk_size=autoattack_chunk_size, c10c_dir=c10c_dir,
+                            c10c_n_per_severity=c10c_n_per_severity, overwrite=overwrite)
     names = _parse_protocols(protocols)
     if c10c_dir is not None and c10c_generate:
         raise RobustHubError("give either a CIFAR-10-C directory or --c10c-generate, not both")
@@ -308,6 +312,8 @@ def _evaluate_protocol(backbone: EvalBackbone, cfg: ProtocolConfig, train: Split
                                  "metrics made with other settings; use another --out or delete that file")
         return existing
 
+    if read_marker(out) is None:  # robust-hub owns this directory from its first file on
+        write_marker(out, RESULTS_KIND, files=["state"])
     state_dir = out / "state"
     stem = Path(record_filename(key)).stem + "_" + _settings_hash(settings, dataset.train_fingerprint, seeds)
     walls: dict[str, float] = {"load": load_time}

@@ -96,7 +96,19 @@ def resolve_model_dir(repo_id_or_dir: str | os.PathLike, revision: str | None = 
         return path
     if str(repo_id_or_dir).startswith((".", "/")) or str(repo_id_or_dir).count("/") != 1:
         raise RobustHubError(f"model directory {repo_id_or_dir} does not exist (and it is not a Hub id 'org/name')")
+    check_repo_id(str(repo_id_or_dir))
     return _download(str(repo_id_or_dir), revision)
+
+
+def check_repo_id(repo_id: str) -> None:
+    """A Hub id the Hub would accept ('org/name' of allowed characters), or one clear error."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as error:
+        raise RobustHubError(f"{repo_id!r} is not a valid Hub id: {str(error).split('.')[0]}") from None
 
 
 def _download(repo_id: str, revision: str | None) -> Path:
