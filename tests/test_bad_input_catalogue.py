@@ -89,6 +89,22 @@ CASES = {
     "card missing results": (["card", "model", "--results", "no-results"], "does not exist"),
     "card results is a file": (["card", "model", "--results", "afile"], "does not exist"),
     "card not a model": (["card", "mine", "--results", "mine"], "needs README.md"),
+    # postprocess (DynACL++): checked before the model is loaded
+    "postprocess out is a file": (["postprocess", "model", "--out", "afile"], "is a file"),
+    "postprocess out under a file": (["postprocess", "model", "--out", "afile/pp", "--dataset", "embedded:digits"],
+                                     "lies under the file"),
+    "postprocess out of user files": (["postprocess", "model", "--out", "mine"], "already exists"),
+    "postprocess device nonsense": (["postprocess", "model", "--out", "pp", "--device", "warp-drive"], "not a device"),
+    "postprocess missing model": (["postprocess", "nowhere", "--out", "pp"], "does not exist"),
+    "postprocess clusters 0": (["postprocess", "model", "--out", "pp", "--dataset", "embedded:digits", "--clusters", "0"],
+                               "--clusters"),
+    "postprocess n-train 0": (["postprocess", "model", "--out", "pp", "--dataset", "embedded:digits", "--n-train", "0"],
+                              "--n-train"),
+    # leaderboard
+    "submit invalid hub id": (["submit", "org/bad name", "--store", "store"], "invalid model id"),
+    "submit store is a file": (["submit", "org/name", "--store", "afile"], "is a file"),
+    "leaderboard build short key": (["leaderboard", "build", "--store", "store", "--site", "site", "--key-file", "afile"],
+                                    "too short"),
     # pretrain (single process, in-process entry)
     "pretrain lr inf": (["pretrain", "--config", str(REPO / "configs/offline.yaml"), "train.lr=inf"], "finite"),
     "pretrain eps 8/0": (["pretrain", "--config", str(REPO / "configs/offline.yaml"), "attack.eps=8/0"], "zero"),

@@ -126,9 +126,14 @@ def run_postprocess(args: Any) -> Path:
     from robust_hub.data import load_image_dataset
     from robust_hub.models.hub import from_pretrained
 
+    from robust_hub.evaluation.validate import resolve_device
+    from robust_hub.io import check_writable_path
+
     out = Path(args.out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    check_writable_path(out)
+    if out.exists() and any(out.iterdir()):
         raise RobustHubError(f"--out {out} already exists; give a new directory")
+    device = resolve_device(args.device)
     model = from_pretrained(args.model, revision=args.revision)
     training = (getattr(model, "hub_config", None) or {}).get("robust_hub", {}).get("training", {})
     dataset = args.dataset or training.get("config", {}).get("data", {}).get("source")
@@ -138,7 +143,6 @@ def run_postprocess(args: Any) -> Path:
                             trades_epochs=args.trades_epochs, n_train=args.n_train, seed=args.seed)
     data = load_image_dataset(dataset, args.split, image_size=model.pretrained_cfg["input_size"][-1])
     images = data.images[: cfg.n_train] if cfg.n_train else data.images
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     backbone, record = postprocess(model, args.model, images, cfg, len(data.classes) or None, device)
     backbone.save_pretrained(str(out), metadata={"postprocessed": record},
                              model_card=render_postprocessed_card(backbone, record))
