@@ -109,20 +109,27 @@ def trades_loss(logits_clean: torch.Tensor, logits_adv: torch.Tensor, y: torch.T
     return natural + beta * robust
 
 
+def input_gradient_norms(model: nn.Module, x: torch.Tensor, objective) -> torch.Tensor:
+    """Per-sample L1 norm of the input gradient of ``objective(logits)`` (a summed scalar); zeros where none flows."""
+    x = x.detach().clone().requires_grad_(True)
+    value = objective(model(x))
+    if not value.requires_grad:
+        return torch.zeros(x.shape[0], device=x.device)
+    (grad,) = torch.autograd.grad(value, x, allow_unused=True)
+    if grad is None:
+        return torch.zeros(x.shape[0], device=x.device)
+    return grad.flatten(1).abs().sum(dim=1).detach()
+
+
 def margin_input_gradient_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Per-sample L1 norm of the input gradient of the logit margin (true minus best other class).
 
     The margin does not saturate like cross-entropy, so a zero gradient here means the model
     really hides its gradient (e.g. a rounding input layer).
     """
-    x = x.detach().clone().requires_grad_(True)
-    logits = model(x)
-    true = logits.gather(1, y.view(-1, 1)).squeeze(1)
-    other = logits.masked_fill(F.one_hot(y, logits.shape[1]).bool(), float("-inf")).amax(dim=1)
-    margin = (true - other).sum()
-    if not margin.requires_grad:
-        return torch.zeros(x.shape[0], device=x.device)
-    (grad,) = torch.autograd.grad(margin, x, allow_unused=True)
-    if grad is None:
-        return torch.zeros(x.shape[0], device=x.device)
-    return grad.flatten(1).abs().sum(dim=1).detach()
+    def margin(logits: torch.Tensor) -> torch.Tensor:
+        true = logits.gather(1, y.view(-1, 1)).squeeze(1)
+        other = logits.masked_fill(F.one_hot(y, logits.shape[1]).bool(), float("-inf")).amax(dim=1)
+        return (true - other).sum()
+
+    return input_gradient_norms(model, x, margin)

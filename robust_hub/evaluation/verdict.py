@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robust_hub.evaluation.attacks import margin_input_gradient_norms
+from robust_hub.evaluation.attacks import input_gradient_norms, margin_input_gradient_norms
 
 MASKED_GRADIENT_THRESHOLD = 0.1  # of correctly classified images
 PGD_ABOVE_AUTOATTACK_GAP = 0.10  # accuracy points on the same images; honest gaps are a few points
@@ -40,14 +40,7 @@ class Measurement:
 
 def cross_entropy_input_gradient_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Per-sample L1 norm of the input gradient of cross-entropy, the loss PGD ascends."""
-    x = x.detach().clone().requires_grad_(True)
-    loss = F.cross_entropy(model(x), y, reduction="sum")
-    if not loss.requires_grad:
-        return torch.zeros(x.shape[0], device=x.device)
-    (grad,) = torch.autograd.grad(loss, x, allow_unused=True)
-    if grad is None:
-        return torch.zeros(x.shape[0], device=x.device)
-    return grad.flatten(1).abs().sum(dim=1).detach()
+    return input_gradient_norms(model, x, lambda logits: F.cross_entropy(logits, y, reduction="sum"))
 
 
 def measure_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Measurement:
