@@ -93,12 +93,25 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class SpeedConfig:
+    """The fast path, part by part: true, false, or auto (on where it is safe and pays: CUDA)."""
+
+    bf16: bool | str = "auto"  # bf16 autocast of the attack and training passes
+    channels_last: bool | str = "auto"
+    compile: bool | str = "auto"  # torch.compile of the model, both batch-norm routes
+    cuda_graphs: bool = False  # compile mode reduce-overhead; CUDA only, needs compile
+    foreach: bool | str = "auto"  # multi-tensor optimiser step
+    sync_free: bool = True  # read the loss back (and check it is finite) every log_every steps only
+
+
+@dataclass(frozen=True)
 class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     attack: AttackConfig = field(default_factory=AttackConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    speed: SpeedConfig = field(default_factory=SpeedConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -176,7 +189,13 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
     if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
         if value is None and type(None) in args:
             return None
-        hint = next(a for a in args if a is not type(None))
+        members = [a for a in args if a is not type(None)]
+        for member in members[:-1]:
+            try:
+                return _coerce(key, value, member)
+            except RobustHubError:
+                pass
+        hint = members[-1]
     if hint is float:
         if isinstance(value, str):  # 8/255, and what YAML 1.1 leaves as text: 1e-3, inf, nan
             try:
@@ -244,3 +263,13 @@ def validate(config: RunConfig) -> None:
     _check(t.log_every >= 1, f"train.log_every must be >= 1, got {t.log_every}")
     _check(t.max_steps_per_epoch is None or t.max_steps_per_epoch >= 1, "train.max_steps_per_epoch must be >= 1")
     _check(t.push_to_hub is None or t.push_to_hub.count("/") == 1, "train.push_to_hub must be a Hub repo id ORG/NAME")
+    _validate_speed(config.speed, t)
+
+
+def _validate_speed(speed: SpeedConfig, train: TrainConfig) -> None:
+    for key in ("bf16", "channels_last", "compile", "foreach"):
+        value = getattr(speed, key)
+        _check(isinstance(value, bool) or value == "auto", f"speed.{key} must be true, false or auto, got {value!r}")
+    _check(not (speed.cuda_graphs and speed.compile is False), "speed.cuda_graphs=true needs speed.compile (true or auto)")
+    _check(not (speed.bf16 is True and train.mixed_precision == "fp16"),
+           "speed.bf16=true conflicts with train.mixed_precision=fp16")

@@ -27,7 +27,9 @@ def contrastive_pgd(
     clean = torch.stack([x_i, x_j]).detach()
     adv = clean.clone()
     if random_start and eps > 0:
-        adv = (adv + torch.empty_like(adv).uniform_(-eps, eps)).clamp_(0, 1)
+        # Contiguous noise: the same start whatever the views' memory format (channels-last).
+        noise = torch.empty_like(adv, memory_format=torch.contiguous_format).uniform_(-eps, eps)
+        adv = (adv + noise).clamp_(0, 1)
     for _ in range(steps):
         adv.requires_grad_(True)
         with torch.enable_grad():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
 import signal
@@ -26,6 +27,7 @@ from robust_hub.models import RobustBackbone, create_backbone, list_backbones
 from robust_hub.provenance import environment
 from robust_hub.training.batches import epoch_batches
 from robust_hub.training.card import loss_curve_png, render_backbone_card
+from robust_hub.training.fast import DeviceLosses, FastPath
 from robust_hub.training.methods import METHODS
 from robust_hub.training.optim import build_optimizer, build_scheduler
 from robust_hub.training.run_dir import (CHECKPOINTS, CONFIG_FILE, PROGRESS_FILE, clean_stale_checkpoints,
@@ -105,7 +107,10 @@ def pretrain(config: RunConfig, resume: str | bool | None = None, overwrite: boo
     set_seed(config.train.seed, device_specific=True)
     train_set, val_set = _load_data(config)  # before anything is written: bad input fails clean
     model = _build_model(config)
-    optimizer = build_optimizer(model, config.train)
+    fast = FastPath.resolve(config.speed, accelerator.device, accelerator.mixed_precision)
+    log.info("fast path: %s", fast.describe())
+    fast.prepare_model(model)
+    optimizer = fast.prepare_optimizer(build_optimizer(model, config.train))
     scheduler = build_scheduler(optimizer, config.train)
     model, optimizer = accelerator.prepare(model, optimizer)
     progress = Progress()
@@ -126,7 +131,7 @@ def pretrain(config: RunConfig, resume: str | bool | None = None, overwrite: boo
             set_aside_earlier_checkpoints(out)
     _write_run_files(accelerator, config, out, train_set, val_set)
     accelerator.init_trackers("pretrain", config=_flat(config.to_dict()))
-    trainer = _Trainer(config, accelerator, model, optimizer, scheduler, progress, train_set, len(val_set))
+    trainer = _Trainer(config, accelerator, model, optimizer, scheduler, progress, train_set, len(val_set), fast)
     try:
         return trainer.run()
     finally:
@@ -193,7 +198,8 @@ def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 class _Trainer:
     def __init__(self, config: RunConfig, accelerator: Accelerator, model: torch.nn.Module, optimizer: Any,
-                 scheduler: Any, progress: Progress, train_set: ImageDataset, num_val_images: int):
+                 scheduler: Any, progress: Progress, train_set: ImageDataset, num_val_images: int,
+                 fast: FastPath | None = None):
         self.config, self.accelerator, self.model = config, accelerator, model
         self.optimizer, self.scheduler, self.progress = optimizer, scheduler, progress
         self.train_set, self.num_val_images = train_set, num_val_images
@@ -204,6 +210,8 @@ class _Trainer:
         self.out = Path(config.train.output_dir)
         self.stop = StopRequest()
         self.started = time.time()
+        self.fast = fast or FastPath()
+        self.losses = DeviceLosses()
 
     def steps_per_epoch(self) -> int:
         steps = len(self.train_set) // self.config.train.batch_size
@@ -242,38 +250,57 @@ class _Trainer:
                    initial=p.step_in_epoch, total=steps, dynamic_ncols=True)
         for indices in bar:
             loss = self.train_step(augment, indices.to(acc.device), steps)
-            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{self.optimizer.param_groups[0]['lr']:.3g}")
-            signum = self.stop.agreed(acc)
+            if loss is not None:
+                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{self.optimizer.param_groups[0]['lr']:.3g}")
+            # Agreeing on a signal is a collective with a host read; several processes do it when
+            # the losses are read anyway, so the step itself never waits for the host.
+            signum = self.stop.agreed(acc) if loss is not None or acc.num_processes == 1 else 0
             if signum:
+                self.read_losses()
                 return signum
+        self.read_losses()
         mean = p.finish_epoch()
         acc.log({"train/epoch_loss": mean, "train/strength": augment.strength,
                  "train/adv_weight": self.method.adv_weight(p.epoch - 1)}, step=p.global_step)
         log.info("epoch %d/%d: mean loss %.4f", p.epoch, t.epochs, mean)
         return 0
 
-    def train_step(self, augment: SimCLRAugment, indices: torch.Tensor, steps: int) -> float:
-        p, acc = self.progress, self.accelerator
+    def train_step(self, augment: SimCLRAugment, indices: torch.Tensor, steps: int) -> float | None:
+        """One step; returns the loss when it was read back this step (every step unless sync_free)."""
+        p, acc, fast = self.progress, self.accelerator, self.fast
         self.scheduler.step(p.epoch + p.step_in_epoch / steps)
         with torch.no_grad():
             view_i, view_j, original = augment.views(self.images[indices])
-        adversarial = self.method.attack(self.raw_model, view_i, view_j, acc.autocast)
+            view_i, view_j, original = fast.images(view_i), fast.images(view_j), fast.images(original)
+        adversarial = self.method.attack(self.raw_model, view_i, view_j, fast.autocast_factory(acc.autocast))
         self.model.train()
-        terms = self.method.loss(self.model, (view_i, view_j), adversarial, p.epoch, original=original)
+        with fast.autocast():
+            terms = self.method.loss(self.model, (view_i, view_j), adversarial, p.epoch, original=original)
         loss = terms.total
-        if not torch.isfinite(loss):
-            raise RobustHubError(f"training loss became {loss.item()} at epoch {p.epoch + 1} step {p.step_in_epoch + 1}; "
-                                 "lower train.lr or check the data")
         self.optimizer.zero_grad(set_to_none=True)
         acc.backward(loss)
         self.optimizer.step()
         p.step_in_epoch += 1
         p.global_step += 1
-        # One collective for the loss and its parts (each part is a weighted share of the loss).
-        values = acc.reduce(torch.stack([loss.detach(), *(v.detach() for v in terms.parts.values())]),
-                            reduction="mean").tolist()
-        value, parts = values[0], dict(zip(terms.parts, values[1:]))
-        p.epoch_loss_sum += value
+        self.losses.add(terms.total, terms.parts)
+        if fast.sync_free and p.global_step % self.config.train.log_every:
+            return None
+        return self.read_losses()
+
+    def read_losses(self) -> float | None:
+        """Reads the pending losses and their parts back (one collective, one transfer), checks them,
+        adds them to the epoch and logs the last step's; returns its loss, or None if none was pending."""
+        p, acc = self.progress, self.accelerator
+        first_step = p.step_in_epoch - len(self.losses) + 1
+        rows = self.losses.read(lambda t: acc.reduce(t, reduction="mean"))
+        for offset, (value, _) in enumerate(rows):
+            if not math.isfinite(value):
+                raise RobustHubError(f"training loss became {value} at epoch {p.epoch + 1} step {first_step + offset}; "
+                                     "lower train.lr or check the data")
+            p.epoch_loss_sum += value
+        if not rows:
+            return None
+        value, parts = rows[-1]
         if p.global_step % self.config.train.log_every == 0:
             lr = self.optimizer.param_groups[0]["lr"]
             acc.log({"train/loss": value, "train/lr": lr, **{f"train/loss_{k}": v for k, v in parts.items()}},

@@ -1,0 +1,167 @@
+"""The fast training path: what ``auto`` resolves to, same loss as the plain path, one compile per
+batch-norm route with no graph break, and losses read back at log time only."""
+
+import math
+
+import pytest
+import torch
+from accelerate.state import AcceleratorState
+from torch._dynamo.utils import counters
+
+import robust_hub
+from robust_hub import RobustHubError
+from robust_hub.config import AttackConfig, RunConfig, SpeedConfig, load_config
+from robust_hub.losses import nt_xent
+from robust_hub.training import loop
+from robust_hub.training.fast import DeviceLosses, FastPath
+from robust_hub.training.methods import ACL, LossTerms
+from robust_hub.training.optim import build_optimizer
+
+CPU, CUDA = torch.device("cpu"), torch.device("cuda")
+
+
+def test_auto_is_on_for_cuda_and_off_for_cpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    on_cpu, on_cuda = FastPath.resolve(SpeedConfig(), CPU), FastPath.resolve(SpeedConfig(), CUDA)
+    assert (on_cpu.bf16, on_cpu.channels_last, on_cpu.compile, on_cpu.foreach) == (False, False, False, None)
+    assert (on_cuda.bf16, on_cuda.channels_last, on_cuda.compile, on_cuda.cuda_graphs) == (True, True, True, False)
+    assert on_cpu.sync_free and on_cuda.sync_free
+    forced = FastPath.resolve(SpeedConfig(bf16=True, compile=True, foreach=False), CPU)
+    assert forced.bf16 and forced.compile and forced.foreach is False
+    # Accelerate's own fp16 wins over the fast path's bf16; an explicit false switches a part off.
+    assert not FastPath.resolve(SpeedConfig(), CUDA, mixed_precision="fp16").bf16
+    assert not FastPath.resolve(SpeedConfig(channels_last=False), CUDA).channels_last
+
+
+def test_cuda_graphs_on_a_cpu_is_an_error():
+    with pytest.raises(RobustHubError, match="cuda_graphs=true needs a CUDA device"):
+        FastPath.resolve(SpeedConfig(cuda_graphs=True), CPU)
+
+
+@pytest.mark.parametrize("override,message", [
+    ("speed.bf16=maybe", "speed.bf16 must be true, false or auto"),
+    ("speed.compile=1", "speed.compile=1 should be of type str"),
+    ("speed.sync_free=auto", "speed.sync_free='auto' should be of type bool"),
+])
+def test_bad_speed_values_are_rejected(override, message):
+    with pytest.raises(RobustHubError, match=message):
+        load_config(None, [override])
+
+
+def test_speed_switches_parse_from_overrides():
+    config = load_config(None, ["speed.compile=off", "speed.bf16=true", "speed.channels_last=auto"])
+    assert (config.speed.compile, config.speed.bf16, config.speed.channels_last) == (False, True, "auto")
+    with pytest.raises(RobustHubError, match="cuda_graphs=true needs speed.compile"):
+        load_config(None, ["speed.cuda_graphs=true", "speed.compile=false"])
+
+
+def test_optimizer_foreach_is_set_on_every_group():
+    model = robust_hub.create_backbone("robust_resnet_tiny")
+    optimizer = build_optimizer(model, RunConfig().train)
+    FastPath(foreach=True).prepare_optimizer(optimizer)
+    assert [g["foreach"] for g in optimizer.param_groups] == [True] * len(optimizer.param_groups)
+
+
+def _step(fast: FastPath, seed: int = 0):
+    """One ACL step on a tiny model: adversarial views, the loss of the attacked views, the loss
+    of fixed views, and the weights after the optimiser step."""
+    torch.manual_seed(seed)
+    model = robust_hub.create_backbone("robust_resnet_tiny")
+    fast.prepare_model(model)
+    config = RunConfig(attack=AttackConfig(steps=2))
+    method, optimizer = ACL(config), fast.prepare_optimizer(build_optimizer(model, config.train))
+    generator = torch.Generator().manual_seed(seed + 1)
+    views = [fast.images(torch.rand(16, 3, 16, 16, generator=generator)) for _ in range(4)]
+    adversarial = method.attack(model, views[0], views[1], fast.autocast_factory())
+    model.train()
+    with fast.autocast():
+        fixed_loss = method.loss(model, (views[0], views[1]), (views[2], views[3]), epoch=0).total.item()
+        loss = method.loss(model, (views[0], views[1]), adversarial, epoch=0).total
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return torch.stack(adversarial), fixed_loss, loss.item(), {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_fast_path_computes_the_plain_loss():
+    plain_adv, plain_fixed, plain_loss, plain_weights = _step(FastPath())
+    # Compiled with dynamo's eager backend: the same graph capture as inductor without minutes of
+    # C++ compilation on a CPU; numerics of inductor kernels are PyTorch's own business.
+    exact = FastPath(channels_last=True, compile=True, foreach=True, compile_backend="eager")
+    adv, fixed, loss, weights = _step(exact)
+    assert fixed == pytest.approx(plain_fixed, rel=1e-5)  # same inputs: the same loss to fp32 rounding
+    # PGD takes the sign of the input gradient; a channels-last convolution sums in another order,
+    # which flips the sign of a few near-zero components: a few pixels differ by one step.
+    assert (adv - plain_adv).abs().le(1e-6).float().mean() > 0.98
+    assert loss == pytest.approx(plain_loss, rel=5e-3)
+    # lr 5 on biases without LARS adaptation turns a float-rounding difference of the gradient into ~1e-4.
+    assert all(torch.allclose(weights[k].float(), v.float(), rtol=1e-3, atol=1e-3) for k, v in plain_weights.items())
+    bf16_adv, bf16_fixed, bf16_loss, _ = _step(FastPath(bf16=True, channels_last=True, compile=True, compile_backend="eager"))
+    assert bf16_fixed != plain_fixed  # bf16 really ran...
+    assert bf16_fixed == pytest.approx(plain_fixed, rel=1e-2)  # ...within bf16's ~3 significant digits
+    assert bf16_loss == pytest.approx(plain_loss, rel=2e-2)
+    assert (bf16_adv - plain_adv).abs().max() <= 2 * 8 / 255 + 1e-6  # both inside the eps-ball of the same views
+
+
+def test_the_loss_stays_fp32_under_autocast():
+    z_i, z_j = torch.randn(8, 16), torch.randn(8, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under_autocast = nt_xent(z_i, z_j)
+    assert under_autocast.dtype == torch.float32
+    assert under_autocast.item() == pytest.approx(nt_xent(z_i, z_j).item(), rel=1e-6)
+
+
+def test_compiled_model_has_no_graph_break_and_compiles_once_per_route():
+    torch._dynamo.reset()
+    counters.clear()
+    model = robust_hub.create_backbone("robust_resnet_tiny")
+    FastPath(compile=True, compile_backend="eager").prepare_model(model)
+    method = ACL(RunConfig(attack=AttackConfig(steps=1)))
+    frames_after_each_step = []
+    for step in range(3):
+        x_i, x_j = torch.rand(8, 3, 16, 16), torch.rand(8, 3, 16, 16)
+        adversarial = method.attack(model, x_i, x_j, FastPath().autocast_factory())  # eval mode, pgd route
+        model.train()
+        method.loss(model, (x_i, x_j), adversarial, epoch=0).total.backward()  # train mode, both routes
+        frames_after_each_step.append(counters["frames"]["total"])
+    assert not counters["graph_break"], dict(counters["graph_break"])
+    # (pgd, eval), (normal, train), (pgd, train): three graphs in the first step, none after.
+    assert frames_after_each_step == [3, 3, 3]
+    torch._dynamo.reset()
+
+
+def test_device_losses_are_read_back_exactly_and_in_order():
+    losses = DeviceLosses()
+    values = [1.25, 0.5, float("nan")]
+    for v in values:
+        losses.add(torch.tensor(v, dtype=torch.float64), {"nat": torch.tensor(v / 4), "adv": torch.tensor(3 * v / 4)})
+    read = losses.read(lambda t: t * 2)
+    assert read[:2] == [(2.5, {"nat": 0.625, "adv": 1.875}), (1.0, {"nat": 0.25, "adv": 0.75})]
+    assert math.isnan(read[2][0]) and len(losses) == 0 and losses.read(lambda t: t) == []
+    losses.add(torch.tensor(1.0), {"nat": torch.tensor(1.0)})
+    with pytest.raises(ValueError, match="loss parts changed"):
+        losses.add(torch.tensor(1.0), {"sir": torch.tensor(1.0)})
+
+
+@pytest.mark.parametrize("sync_free,steps_before_error", [(True, 4), (False, 3)])
+def test_a_nan_loss_is_caught_at_log_time_when_sync_free(tmp_path, monkeypatch, sync_free, steps_before_error):
+    calls = []
+    real_loss = ACL.loss
+
+    def loss_that_breaks_at_step_3(self, *args, **kwargs):
+        calls.append(1)
+        terms = real_loss(self, *args, **kwargs)
+        return LossTerms(terms.total * float("nan"), terms.parts) if len(calls) == 3 else terms
+
+    monkeypatch.setattr(ACL, "loss", loss_that_breaks_at_step_3)
+    config = load_config(None, ["model.arch=robust_resnet_tiny", "data.image_size=16", "train.batch_size=32",
+                                "attack.steps=1", "train.epochs=2", "train.warmup_epochs=0", "train.log_every=2",
+                                "train.checkpoint_every=0", f"speed.sync_free={str(sync_free).lower()}",
+                                f"train.output_dir={tmp_path / 'run'}"])
+    AcceleratorState._reset_state(True)
+    try:
+        with pytest.raises(RobustHubError, match="training loss became nan at epoch 1 step 3"):
+            loop.pretrain(config)
+    finally:
+        AcceleratorState._reset_state(True)
+    assert len(calls) == steps_before_error  # sync-free: noticed at the next read, not at the step
