@@ -1,99 +1,241 @@
-"""Throughput of one ACL training step (augment + contrastive PGD + dual-stream loss + LARS step).
+"""Throughput and MFU of one ACL training step (augment + contrastive PGD + dual-stream loss + LARS),
+or of another method's (``--method dynacl``, ``--ir``).
 
-    python bench/bench_acl_step.py                       # ResNet-18, batch 128, PGD-5, CPU
-    python bench/bench_acl_step.py --device cuda --mixed-precision bf16
+    python bench/bench_acl_step.py                                   # ResNet-18, batch 512, PGD-5
+    python bench/bench_acl_step.py --device cpu --batch 32 --variants plain,bf16,channels_last
+    python bench/bench_acl_step.py --peak-tflops 2.0 --out bench.json
 
-Prints images/s, and the ratio to a clean (non-adversarial) contrastive step measured in the
-same process, which is the cost of robustness independent of how busy the machine is.
+Every variant runs in the same process on a fresh copy of the same model: ``plain`` (fp32, no
+compile, a loss read back every step), ``fast`` (``speed.*`` on ``auto`` for the device, as the
+trainer resolves it), ``fast-nocompile``, or a ``+``-joined set of parts (``bf16+channels_last``).
+For each it reports images/s, the ratio to ``plain``, the FLOPs of the real step counted by
+PyTorch's FLOP counter, the achieved fraction of the device's peak (MFU), and the time split
+between augmentation, attack, training forward/backward and optimiser. The split is measured in
+separate steps with a synchronisation between the phases, so the throughput steps stay sync-free.
+The JSON is meant to be kept and compared with later runs.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import platform
 import time
 from contextlib import nullcontext
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 import robust_hub
-from robust_hub.config import AttackConfig, RunConfig, TrainConfig
+from robust_hub.config import AttackConfig, MethodConfig, RunConfig, SpeedConfig, TrainConfig
 from robust_hub.data import SimCLRAugment
-from robust_hub.losses import nt_xent
-from robust_hub.training.methods import ACL
+from robust_hub.training.fast import DeviceLosses, FastPath
+from robust_hub.training.methods import METHODS
 from robust_hub.training.optim import build_optimizer
 
-
-def make_autocast(device: str, precision: str):
-    if precision == "no":
-        return nullcontext
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return lambda: torch.autocast(device_type=device, dtype=dtype)
-
-
-def acl_step(model, optimizer, method, augment, images, autocast) -> None:
-    view_i, view_j, _ = augment.views(images)
-    adversarial = method.attack(model, view_i, view_j, autocast)
-    with autocast():
-        loss = method.loss(model, (view_i, view_j), adversarial, epoch=0).total
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
+# Dense peak TFLOP/s from the vendors' data sheets, by device-name substring (first match wins).
+# "tf32" is what fp32 convolutions run at on CUDA by default (cudnn.allow_tf32 is on).
+PEAKS = {
+    "H100 PCIe": {"bf16": 756.0, "tf32": 378.0, "fp32": 51.0},
+    "H100": {"bf16": 989.0, "tf32": 495.0, "fp32": 67.0},  # SXM / HBM3
+    "H200": {"bf16": 989.0, "tf32": 495.0, "fp32": 67.0},
+    "A100": {"bf16": 312.0, "tf32": 156.0, "fp32": 19.5},
+    "RTX 3090": {"bf16": 71.0, "tf32": 35.6, "fp32": 35.6},  # fp32 accumulation
+}
+PHASES = ("augment", "attack", "train_fwd_bwd", "optimizer")
 
 
-def clean_step(model, optimizer, method, augment, images, autocast) -> None:
-    view_i, view_j, _ = augment.views(images)
-    with autocast():
-        z = model(torch.cat([view_i, view_j]), route="normal", project=True)
-        loss = nt_xent(*z.chunk(2))
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
 
 
-def images_per_second(step, args, model, optimizer, method, augment, images, autocast) -> float:
+def peak_tflops(name: str, precision: str, flag: float | None) -> float | None:
+    if flag:
+        return flag
+    for key, peaks in PEAKS.items():
+        if key in name:
+            return peaks[precision]
+    return None
+
+
+def variant_fast_path(name: str, device: torch.device) -> FastPath:
+    if name == "plain":
+        return FastPath(device_type=device.type)
+    if name in ("fast", "fast-nocompile"):
+        speed = SpeedConfig(compile=False) if name == "fast-nocompile" else SpeedConfig()
+        return FastPath.resolve(speed, device)
+    parts = set(name.split("+"))
+    unknown = parts - {"bf16", "channels_last", "compile", "foreach", "sync_free", "cuda_graphs"}
+    if unknown:
+        raise SystemExit(f"error: unknown fast-path part(s) {sorted(unknown)} in variant {name!r}")
+    return FastPath(device_type=device.type, bf16="bf16" in parts, channels_last="channels_last" in parts,
+                    compile="compile" in parts or "cuda_graphs" in parts, cuda_graphs="cuda_graphs" in parts,
+                    foreach=True if "foreach" in parts else None, sync_free="sync_free" in parts)
+
+
+class Step:
+    """The trainer's step (loop._Trainer.train_step) without Accelerate, phase by phase."""
+
+    def __init__(self, args, device: torch.device, fast: FastPath):
+        torch.manual_seed(0)
+        self.device, self.fast, self.log_every = device, fast, 10
+        self.model = fast.prepare_model(robust_hub.create_backbone(args.arch).to(device).train())
+        config = RunConfig(attack=AttackConfig(steps=args.pgd_steps), method=MethodConfig(name=args.method, ir=args.ir),
+                           train=TrainConfig(lr=0.1))
+        self.method = METHODS[args.method](config)
+        self.optimizer = fast.prepare_optimizer(build_optimizer(self.model, config.train))
+        self.augment = SimCLRAugment(1.0, size=32)
+        self.images = torch.randint(0, 256, (args.batch, 3, 32, 32), dtype=torch.uint8, device=device)
+        self.losses, self.count = DeviceLosses(), 0
+
+    def augment_views(self):
+        with torch.no_grad():
+            views = self.augment.views(self.images)  # view i, view j, the un-augmented images (IR)
+        return tuple(self.fast.images(v) for v in views)
+
+    def attack(self, views):
+        return self.method.attack(self.model, *views[:2], self.fast.autocast_factory())
+
+    def forward_backward(self, views, adversarial):
+        self.model.train()
+        with self.fast.autocast():
+            terms = self.method.loss(self.model, views[:2], adversarial, epoch=0, original=views[2])
+        self.optimizer.zero_grad(set_to_none=True)
+        terms.total.backward()
+        return terms
+
+    def optimizer_step(self, terms):
+        self.optimizer.step()
+        self.losses.add(terms.total, terms.parts)
+        self.count += 1
+        if not self.fast.sync_free or self.count % self.log_every == 0:
+            self.losses.read(lambda t: t)  # the trainer reads (and checks) losses here
+
+    def __call__(self, timer=None):
+        timer = timer or (lambda name: nullcontext())
+        with timer("augment"):
+            views = self.augment_views()
+        with timer("attack"):
+            adversarial = self.attack(views)
+        with timer("train_fwd_bwd"):
+            terms = self.forward_backward(views, adversarial)
+        with timer("optimizer"):
+            self.optimizer_step(terms)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class PhaseTimer:
+    def __init__(self, device: torch.device):
+        self.device, self.seconds = device, dict.fromkeys(PHASES, 0.0)
+
+    def __call__(self, name: str):
+        timer = self
+
+        class _Phase:
+            def __enter__(self):
+                synchronize(timer.device)
+                self.start = time.perf_counter()
+
+            def __exit__(self, *exc):
+                synchronize(timer.device)
+                timer.seconds[name] += time.perf_counter() - self.start
+
+        return _Phase()
+
+
+def count_flops(step: Step) -> dict[str, float]:
+    """FLOPs of one step, per phase, counted by PyTorch (the model runs eagerly while counting)."""
+    counted = {}
+    views = step.augment_views()
+    with FlopCounterMode(display=False) as counter:
+        adversarial = step.attack(views)
+    counted["attack"] = counter.get_total_flops()
+    with FlopCounterMode(display=False) as counter:
+        terms = step.forward_backward(views, adversarial)
+    counted["train_fwd_bwd"] = counter.get_total_flops()
+    step.optimizer.zero_grad(set_to_none=True)
+    del terms
+    counted["total"] = counted["attack"] + counted["train_fwd_bwd"]
+    return counted
+
+
+def measure(args, device: torch.device, name: str) -> dict:
+    fast = variant_fast_path(name, device)
+    step = Step(args, device, fast)
+    start = time.perf_counter()
+    step()  # the first step compiles, when compiling
+    synchronize(device)
+    first_step_s = time.perf_counter() - start
     for _ in range(args.warmup):
-        step(model, optimizer, method, augment, images, autocast)
-    if args.device == "cuda":
-        torch.cuda.synchronize()
+        step()
+    synchronize(device)
     start = time.perf_counter()
     for _ in range(args.steps):
-        step(model, optimizer, method, augment, images, autocast)
-    if args.device == "cuda":
-        torch.cuda.synchronize()
-    return args.batch * args.steps / (time.perf_counter() - start)
+        step()
+    synchronize(device)
+    elapsed = time.perf_counter() - start
+    timer = PhaseTimer(device)
+    for _ in range(args.split_steps):
+        step(timer)
+    split_total = sum(timer.seconds.values())
+    return {
+        "variant": name, "fast_path": fast.describe(), "images_per_s": args.batch * args.steps / elapsed,
+        "step_s": elapsed / args.steps, "first_step_s": first_step_s,
+        "split": {k: round(v / split_total, 4) for k, v in timer.seconds.items()},
+        "split_step_s": split_total / max(args.split_steps, 1),
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arch", default="robust_resnet18")
-    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--batch", type=int, default=512)
     parser.add_argument("--pgd-steps", type=int, default=5)
-    parser.add_argument("--steps", type=int, default=3, help="timed steps per measurement")
-    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--method", choices=sorted(METHODS), default="acl", help="the step at epoch 0 (DynACL: w = 0)")
+    parser.add_argument("--ir", action="store_true", help="add invariant regularisation (one more forward/backward)")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per variant")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps after the first (compiling) one")
+    parser.add_argument("--split-steps", type=int, default=2, help="steps timed phase by phase")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--mixed-precision", default="no", choices=["no", "bf16", "fp16"])
-    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--variants", default="plain,fast", help="comma-separated; see the description")
+    parser.add_argument("--peak-tflops", type=float, default=None,
+                        help="the device's peak for the fast path's precision (required for an MFU on a CPU)")
+    parser.add_argument("--out", default=None, help="also write the JSON here")
     args = parser.parse_args()
 
-    torch.manual_seed(0)
-    model = robust_hub.create_backbone(args.arch).to(args.device).train()
-    if args.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    config = RunConfig(attack=AttackConfig(steps=args.pgd_steps), train=TrainConfig(lr=0.1))
-    method, optimizer = ACL(config), build_optimizer(model, config.train)
-    augment = SimCLRAugment(1.0, size=32)
-    images = torch.randint(0, 256, (args.batch, 3, 32, 32), dtype=torch.uint8, device=args.device)
-    autocast = make_autocast(args.device, args.mixed_precision)
-    clean = images_per_second(clean_step, args, model, optimizer, method, augment, images, autocast)
-    acl = images_per_second(acl_step, args, model, optimizer, method, augment, images, autocast)
-    result = {
-        "arch": args.arch, "batch": args.batch, "pgd_steps": args.pgd_steps, "device": args.device,
-        "device_name": torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {torch.get_num_threads()} threads",
-        "mixed_precision": args.mixed_precision, "acl_images_per_s": round(acl, 2),
-        "clean_contrastive_images_per_s": round(clean, 2), "acl_cost_vs_clean_step": round(clean / acl, 2),
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    name = device_name(device)
+    flops = count_flops(Step(args, device, FastPath(device_type=device.type)))
+    results = [measure(args, device, variant) for variant in args.variants.split(",")]
+    plain = next((r for r in results if r["variant"] == "plain"), results[0])
+    for r in results:
+        precision = "bf16" if r["fast_path"]["bf16"] else ("tf32" if device.type == "cuda" else "fp32")
+        peak = peak_tflops(name, precision, args.peak_tflops)
+        achieved = flops["total"] * r["images_per_s"] / args.batch / 1e12
+        r.update({"precision": precision, "achieved_tflops": round(achieved, 4), "peak_tflops": peak,
+                  "mfu": round(achieved / peak, 4) if peak else "unknown (give --peak-tflops)",
+                  "speedup_vs_plain": round(r["images_per_s"] / plain["images_per_s"], 3),
+                  "images_per_s": round(r["images_per_s"], 3)})
+    report = {
+        "bench": "acl_step", "method": args.method + ("+ir" if args.ir else ""), "arch": args.arch, "batch": args.batch, "pgd_steps": args.pgd_steps,
+        "device": name, "torch": torch.__version__, "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "flops_per_image": {k: v / args.batch for k, v in flops.items()},
+        "gflop_per_image": round(flops["total"] / args.batch / 1e9, 3),
+        "results": results,
     }
-    print(json.dumps(result, indent=2))
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.out:
+        with open(args.out, "w", encoding="utf-8") as f:
+            f.write(text + "\n")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Evaluation throughput (images/s) of PGD-20 and AutoAttack on a CIFAR ResNet-18, CPU and GPU.
 
     python bench/bench_eval.py [--device cpu|cuda|all] [--n 128] [--aa-n 32] [--batch-size 128]
+    python bench/bench_eval.py --device cuda --n 10000 --aa-n 1000 --batch-size 1000 --pgd-variants fp32,tf32,compile
 
 Each number is reported as images per second and as a ratio to a clean forward pass measured in
 the same process. The network is randomly initialised with a linear head: AutoAttack's cost
@@ -41,7 +42,7 @@ def _timed(fn, device) -> float:
     return time.perf_counter() - t0
 
 
-def bench(device: torch.device, n: int, aa_n: int, batch_size: int) -> dict:
+def bench(device: torch.device, n: int, aa_n: int, batch_size: int, pgd_variants: tuple[str, ...] = ()) -> dict:
     torch.manual_seed(0)
     backbone = wrap_module(resnet18())
     model = nn.Sequential(backbone, nn.Linear(backbone.num_features, 10)).to(device).eval()
@@ -56,10 +57,10 @@ def bench(device: torch.device, n: int, aa_n: int, batch_size: int) -> dict:
             for i in range(0, n, batch_size):
                 model(x[i:i + batch_size])
 
-    def pgd20():
+    def pgd20(attacked: nn.Module = model):
         cfg = PGDConfig(eps=8 / 255, alpha=2 / 255, steps=20)
         for i in range(0, n, batch_size):
-            pgd(model, x[i:i + batch_size], y[i:i + batch_size], cfg)
+            pgd(attacked, x[i:i + batch_size], y[i:i + batch_size], cfg)
 
     clean()  # warm-up
     t_clean = _timed(clean, device)
@@ -72,6 +73,7 @@ def bench(device: torch.device, n: int, aa_n: int, batch_size: int) -> dict:
 
     t_aa = _timed(aa, device)
     clean_ips = n / t_clean
+    variants = {v: round(n / _timed_variant(v, model, pgd20, device), 2) for v in pgd_variants if v != "fp32"}
     out = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
         "clean_forward_img_s": round(clean_ips, 1),
@@ -82,8 +84,26 @@ def bench(device: torch.device, n: int, aa_n: int, batch_size: int) -> dict:
         "autoattack_clean_acc": aa_result["r"].clean_acc,
         "autoattack_robust_acc": aa_result["r"].robust_acc,
         "n": n, "aa_n": aa_n, "batch_size": batch_size,
+        "pgd20_img_s_by_variant": {"fp32": round(n / t_pgd, 2), **variants},
     }
     return out
+
+
+def _timed_variant(variant: str, model: nn.Module, pgd20, device: torch.device) -> float:
+    """PGD-20 time with TF32 matmuls/convolutions or a compiled model (reported numbers use neither)."""
+    if variant == "tf32":
+        saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        try:
+            pgd20()  # warm-up (cudnn picks its algorithms)
+            return _timed(pgd20, device)
+        finally:
+            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+    if variant == "compile":
+        compiled = torch.compile(model)
+        pgd20(compiled)  # compiles
+        return _timed(lambda: pgd20(compiled), device)
+    raise SystemExit(f"error: unknown PGD variant {variant!r} (fp32, tf32, compile)")
 
 
 def main() -> None:
@@ -92,13 +112,14 @@ def main() -> None:
     p.add_argument("--n", type=int, default=128, help="images for the clean and PGD-20 timings")
     p.add_argument("--aa-n", type=int, default=32, help="images for the AutoAttack timing")
     p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--pgd-variants", default="fp32", help="also time PGD-20 with tf32 and/or compile (comma-separated)")
     args = p.parse_args()
     devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
     for d in devices:
         if d.startswith("cuda") and not torch.cuda.is_available():
             print(json.dumps({"device": d, "skipped": "no GPU available"}))
             continue
-        print(json.dumps(bench(torch.device(d), args.n, args.aa_n, args.batch_size)))
+        print(json.dumps(bench(torch.device(d), args.n, args.aa_n, args.batch_size, tuple(args.pgd_variants.split(",")))))
 
 
 if __name__ == "__main__":
