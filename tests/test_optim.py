@@ -10,6 +10,7 @@ from torch import nn
 from timm.optim import Lars
 
 from robust_hub.config import load_config
+from robust_hub.training.fast import FastPath
 from robust_hub.training.optim import build_optimizer, build_scheduler
 
 PAPER = ["train.epochs=1000", "train.warmup_epochs=10", "train.lr=5.0", "train.weight_decay=1e-6",
@@ -97,6 +98,26 @@ def test_drift_from_the_reference_under_warm_up(capsys):
               f"robust-hub {largest_drift(*ours):.2e}, timm's plain Lars {largest_drift(*plain):.2e}")
     assert agree(ours[1], ours[2])
     assert largest_drift(*plain) > 0.1  # without the buffer rescaling the drift is real
+
+
+@pytest.mark.parametrize("convention", ["reference", "simclr"])
+def test_the_multi_tensor_step_is_the_single_tensor_step_under_warm_up(convention):
+    """speed.foreach: timm's multi-tensor LARS under the reference momentum rule (lr moving each step)."""
+    lrs = [5.0 * s / 100 for s in (1, 2, 3)]
+
+    def make(foreach):
+        def build(model, train):
+            train = load_config(None, [*PAPER, f"train.lars_convention={convention}"]).train
+            return FastPath(foreach=foreach).prepare_optimizer(build_optimizer(model, train))
+        return build
+
+    start, single, _ = run_both(lrs, make(False))
+    _, multi, _ = run_both(lrs, make(True))
+    assert all(torch.allclose(a, b, rtol=1e-6, atol=1e-9) for a, b in zip(multi, single))
+    assert all(not torch.allclose(a, b) for a, b in zip(start, multi))  # every parameter moved
+    if convention == "reference":
+        _, _, reference = run_both(lrs)
+        assert agree(multi, reference)
 
 
 def test_simclr_convention_exempts_biases_and_batch_norm():

@@ -122,6 +122,7 @@ def pretrain(config: RunConfig, resume: str | bool | None = None, overwrite: boo
         except (RuntimeError, ValueError, KeyError, OSError, EOFError, SafetensorError) as error:
             first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
             raise RobustHubError(f"--resume: cannot load {checkpoint_to_load}: {first_line}") from None
+        fast.prepare_optimizer(optimizer)  # the loaded param groups carry the saving run's speed.foreach
         progress.load_state_dict(_read_progress(checkpoint_to_load))
         log.info("resumed from %s at epoch %d step %d", checkpoint_to_load, progress.epoch, progress.step_in_epoch)
     accelerator.wait_for_everyone()  # every process has checked the output directory before it changes

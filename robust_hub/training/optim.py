@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from timm.optim import Lars, param_groups_weight_decay
 from timm.scheduler import CosineLRScheduler
 from torch import nn
@@ -26,10 +27,10 @@ class ReferenceMomentumLars(Lars):
             buffer_lr = group.setdefault("buffer_lr", group["lr"])  # saved with the optimiser's state
             if group["lr"] != buffer_lr:
                 factor = buffer_lr / group["lr"] if group["lr"] > 0 else 0.0
-                for p in group["params"]:
-                    buffer = self.state[p].get("momentum_buffer") if p in self.state else None
-                    if buffer is not None:
-                        buffer.mul_(factor)
+                buffers = [self.state[p]["momentum_buffer"] for p in group["params"]
+                           if p in self.state and self.state[p].get("momentum_buffer") is not None]
+                if buffers:  # one multi-tensor kernel, not one per parameter: the lr moves every step
+                    torch._foreach_mul_(buffers, factor)
                 group["buffer_lr"] = group["lr"]
         return super().step(closure)
 
