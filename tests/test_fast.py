@@ -11,7 +11,7 @@ from torch._dynamo.utils import counters
 import robust_hub
 from robust_hub import RobustHubError
 from robust_hub.config import AttackConfig, MethodConfig, RunConfig, SpeedConfig, TrainConfig, load_config
-from robust_hub.losses import nt_xent
+from robust_hub.losses import air_loss, nt_xent, sir_loss
 from robust_hub.training import loop
 from robust_hub.training.fast import DeviceLosses, FastPath
 from robust_hub.training.methods import ACL, METHODS, LossTerms
@@ -142,12 +142,18 @@ def test_fast_path_computes_the_plain_loss_for_every_method(name, ir, convention
     _assert_same_step(plain, _step(EXACT, config, epoch))
 
 
-def test_the_loss_stays_fp32_under_autocast():
+def test_the_losses_stay_fp32_under_autocast():
     z_i, z_j = torch.randn(8, 16), torch.randn(8, 16)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         under_autocast = nt_xent(z_i, z_j)
     assert under_autocast.dtype == torch.float32
     assert under_autocast.item() == pytest.approx(nt_xent(z_i, z_j).item(), rel=1e-6)
+    a_i, a_j, z_o = torch.randn(8, 16), torch.randn(8, 16), torch.randn(8, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        sir, air = sir_loss(z_i, z_j, z_o), air_loss(a_i, a_j, z_i, z_j, z_o)
+    assert sir.dtype == air.dtype == torch.float32
+    assert sir.item() == pytest.approx(sir_loss(z_i, z_j, z_o).item(), rel=1e-6)
+    assert air.item() == pytest.approx(air_loss(a_i, a_j, z_i, z_j, z_o).item(), rel=1e-6)
 
 
 @pytest.mark.parametrize("ir", [False, True])
