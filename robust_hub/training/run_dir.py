@@ -4,12 +4,14 @@
   did not write, unless told to overwrite. With overwrite, the earlier run's checkpoints are set
   aside (renamed ``.step_N.replaced``) and deleted only once this run's first checkpoint is complete.
 - ``--resume`` refuses a checkpoint whose saved config differs from the current one in anything that
-  changes the result; only bookkeeping keys may differ, and ``train.epochs`` may only grow.
+  changes the result; only bookkeeping keys and the ``speed.*`` switches may differ, and
+  ``train.epochs`` may only grow.
 - Pruning keeps the newest ``keep`` checkpoints, by step number, and touches nothing else.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -18,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from robust_hub.config import RunConfig
+from robust_hub.config import RunConfig, SpeedConfig
 from robust_hub.errors import RobustHubError
 from robust_hub.io import check_writable_path, claim_directory
 
@@ -26,8 +28,9 @@ CHECKPOINTS = "checkpoints"
 PROGRESS_FILE = "progress.json"
 CONFIG_FILE = "run_config.json"  # the config a checkpoint was written with
 # Keys that do not change what a run computes: they may differ on --resume.
+# The speed switches choose how the same computation is executed (as a change of device does).
 RESUMABLE_KEYS = {"train.output_dir", "train.checkpoint_every", "train.keep_checkpoints", "train.log_every",
-                  "data.cache_dir"}
+                  "data.cache_dir"} | {f"speed.{f.name}" for f in dataclasses.fields(SpeedConfig)}
 
 
 def step_of(checkpoint: Path) -> int:
