@@ -2,7 +2,7 @@
 optimiser steps, CUDA graphs, and losses read back without a host synchronisation per step.
 
 ``speed.*`` in the run config switches each part; ``auto`` turns a part on where it is safe and
-pays. Channels-last pays everywhere (1.3-1.85x on a CPU too); bf16 and compile only on CUDA: on a
+pays. Channels-last pays everywhere (1.03-1.85x on a CPU too); bf16 and compile only on CUDA: on a
 CPU without bf16 units bf16 ran 11x slower, and compiling costs minutes
 (``bench/bench_acl_step.py`` measures the variants in one process).
 """
