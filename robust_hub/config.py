@@ -105,6 +105,24 @@ class SpeedConfig:
 
 
 @dataclass(frozen=True)
+class CoresetConfig:
+    """Robustness-aware coreset selection (RCS); defaults follow method.md (reference code)."""
+
+    mode: str = "none"  # none | rcs | random (a random subset with the same budget)
+    fraction: float = 0.2  # k
+    warmup_epochs: int = 100  # on the full set before the first selection
+    interval: int = 20  # epochs between selections
+    rd: str = "minmax_kl"  # minmax_kl (reference) | softmax_kl
+    approximation: str = "last_layer"  # last_layer (projection-head gradients) | full (every trainable parameter)
+    gain_vector: str = "full"  # full | row_mean (the reference's compression of each gradient matrix)
+    eta: float = 0.001
+    val_steps: int = 3  # PGD steps of RD's own attack
+    val_alpha: float | None = None  # its step; None: (10/255) / val_steps, the reference's rule
+    chunk_batches: int = 0  # greedy search per chunk of this many minibatches (0: one chunk)
+    vmap_chunk: int = 8  # minibatches per vectorised gradient call (bounds memory)
+
+
+@dataclass(frozen=True)
 class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -112,6 +130,7 @@ class RunConfig:
     method: MethodConfig = field(default_factory=MethodConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     speed: SpeedConfig = field(default_factory=SpeedConfig)
+    coreset: CoresetConfig = field(default_factory=CoresetConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -264,6 +283,7 @@ def validate(config: RunConfig) -> None:
     _check(t.max_steps_per_epoch is None or t.max_steps_per_epoch >= 1, "train.max_steps_per_epoch must be >= 1")
     _check(t.push_to_hub is None or t.push_to_hub.count("/") == 1, "train.push_to_hub must be a Hub repo id ORG/NAME")
     _validate_speed(config.speed, t)
+    _validate_coreset(config)
 
 
 def _validate_speed(speed: SpeedConfig, train: TrainConfig) -> None:
@@ -273,3 +293,27 @@ def _validate_speed(speed: SpeedConfig, train: TrainConfig) -> None:
     _check(not (speed.cuda_graphs and speed.compile is False), "speed.cuda_graphs=true needs speed.compile (true or auto)")
     _check(not (speed.bf16 is True and train.mixed_precision == "fp16"),
            "speed.bf16=true conflicts with train.mixed_precision=fp16")
+
+
+def _validate_coreset(config: RunConfig) -> None:
+    from robust_hub.coreset.objective import RD_KINDS
+    from robust_hub.coreset.select import APPROXIMATIONS, GAIN_VECTORS, MODES
+
+    c = config.coreset
+    _check(c.mode in MODES, f"coreset.mode must be one of {list(MODES)}, got {c.mode!r}")
+    _check(0 < c.fraction <= 1, f"coreset.fraction must be in (0, 1], got {c.fraction}")
+    _check(c.warmup_epochs >= 0, f"coreset.warmup_epochs must be >= 0, got {c.warmup_epochs}")
+    _check(c.interval >= 1, f"coreset.interval must be >= 1, got {c.interval}")
+    _check(c.rd in RD_KINDS, f"coreset.rd must be one of {list(RD_KINDS)}, got {c.rd!r}")
+    _check(c.approximation in APPROXIMATIONS, f"coreset.approximation must be one of {list(APPROXIMATIONS)}, got {c.approximation!r}")
+    _check(c.gain_vector in GAIN_VECTORS, f"coreset.gain_vector must be one of {list(GAIN_VECTORS)}, got {c.gain_vector!r}")
+    _check(c.eta > 0, f"coreset.eta must be > 0, got {c.eta}")
+    _check(c.val_steps >= 0, f"coreset.val_steps must be >= 0, got {c.val_steps}")
+    _check(c.val_alpha is None or 0 < c.val_alpha <= 1, f"coreset.val_alpha must be in (0, 1], got {c.val_alpha}")
+    _check(c.chunk_batches >= 0, f"coreset.chunk_batches must be >= 0, got {c.chunk_batches}")
+    _check(c.vmap_chunk >= 0, f"coreset.vmap_chunk must be >= 0, got {c.vmap_chunk}")
+    if c.mode != "none":
+        _check(c.warmup_epochs < config.train.epochs,
+               f"coreset.warmup_epochs ({c.warmup_epochs}) must be < train.epochs ({config.train.epochs}) or no coreset is ever used")
+    if c.mode == "rcs":
+        _check(config.data.val_fraction > 0, "coreset.mode=rcs needs a validation set: set data.val_fraction > 0")

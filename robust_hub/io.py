@@ -44,6 +44,11 @@ def _default_mode(directory: bool) -> int:
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
+    """``data`` written under a temporary name beside ``path``, then renamed over it."""
     path = Path(path)
     check_writable_path(path.parent)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -51,8 +56,8 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         os.fchmod(fd, mode)  # mkstemp makes 0600; a replaced file keeps its mode, a new one follows the umask
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)

@@ -80,11 +80,22 @@ def render_backbone_card(model: Any, config: RunConfig, facts: dict[str, Any]) -
         warmup_epochs=t.warmup_epochs, epochs=t.epochs, seed=t.seed,
         num_train_images=facts.get("num_train_images"), num_val_images=facts.get("num_val_images"),
         hardware=facts.get("hardware", "unknown"), wall_time=facts.get("wall_time", "unknown"),
-        final_loss=facts.get("final_loss", "n/a"), loss_plot=facts.get("loss_plot"),
+        final_loss=facts.get("final_loss", "n/a"), loss_plot=facts.get("loss_plot"), coreset=_coreset_line(config),
+        coreset_plot=facts.get("coreset_plot"),
         evaluation=facts.get("evaluation") or "Not evaluated yet: run `robust-hub eval` on this model and its results are added here.",
         versions=", ".join(f"{k} {v}" for k, v in versions.items()) or "unknown",
     )
     return str(ModelCard.from_template(card_data, template_path=str(template_path()), **values))
+
+
+def _coreset_line(config: RunConfig) -> str | None:
+    c = config.coreset
+    if c.mode == "none":
+        return None
+    what = "RCS (robustness-aware coreset selection)" if c.mode == "rcs" else "a random subset (baseline)"
+    detail = f", RD {c.rd}, {c.approximation.replace('_', '-')} gradients, eta {c.eta:g}" if c.mode == "rcs" else ""
+    return (f"{what}, fraction {c.fraction:g}, full set for {c.warmup_epochs} epochs, then a new coreset every "
+            f"{c.interval} epochs{detail}")
 
 
 def loss_curve_png(epoch_losses: list[float], title: str) -> bytes:

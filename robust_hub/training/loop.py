@@ -20,9 +20,11 @@ from safetensors import SafetensorError
 from tqdm.auto import tqdm
 
 from robust_hub.config import RunConfig
+from robust_hub.coreset import coreset_active, select_coreset, selection_due
+from robust_hub.coreset.state import CoresetState, selections_png
 from robust_hub.data import ImageDataset, SimCLRAugment, load_image_dataset
 from robust_hub.errors import RobustHubError
-from robust_hub.io import write_json_atomic, write_marker, write_text_atomic
+from robust_hub.io import write_bytes_atomic, write_json_atomic, write_marker, write_text_atomic
 from robust_hub.models import RobustBackbone, create_backbone, list_backbones
 from robust_hub.provenance import environment
 from robust_hub.training.batches import epoch_batches
@@ -113,7 +115,7 @@ def pretrain(config: RunConfig, resume: str | bool | None = None, overwrite: boo
     optimizer = fast.prepare_optimizer(build_optimizer(model, config.train))
     scheduler = build_scheduler(optimizer, config.train)
     model, optimizer = accelerator.prepare(model, optimizer)
-    progress = Progress()
+    progress, coreset = Progress(), CoresetState()
     if checkpoint_to_load:
         # The scheduler is stepped with absolute epoch progress and needs no state; the progress
         # is JSON, so nothing registered with Accelerate is unpickled without weights_only.
@@ -124,6 +126,7 @@ def pretrain(config: RunConfig, resume: str | bool | None = None, overwrite: boo
             raise RobustHubError(f"--resume: cannot load {checkpoint_to_load}: {first_line}") from None
         fast.prepare_optimizer(optimizer)  # the loaded param groups carry the saving run's speed.foreach
         progress.load_state_dict(_read_progress(checkpoint_to_load))
+        coreset = CoresetState.load(checkpoint_to_load)
         log.info("resumed from %s at epoch %d step %d", checkpoint_to_load, progress.epoch, progress.step_in_epoch)
     accelerator.wait_for_everyone()  # every process has checked the output directory before it changes
     if accelerator.is_main_process:
@@ -132,7 +135,8 @@ def pretrain(config: RunConfig, resume: str | bool | None = None, overwrite: boo
             set_aside_earlier_checkpoints(out)
     _write_run_files(accelerator, config, out, train_set, val_set)
     accelerator.init_trackers("pretrain", config=_flat(config.to_dict()))
-    trainer = _Trainer(config, accelerator, model, optimizer, scheduler, progress, train_set, len(val_set), fast)
+    trainer = _Trainer(config, accelerator, model, optimizer, scheduler, progress, train_set, val_set, fast)
+    trainer.coreset = coreset
     try:
         return trainer.run()
     finally:
@@ -178,7 +182,8 @@ def _write_run_files(accelerator: Accelerator, config: RunConfig, out: Path,
         return
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / "run_config.yaml", config.to_yaml())
-    write_marker(out, "run", files=["run_config.yaml", "environment.json", "logs", CHECKPOINTS, "model"])
+    write_marker(out, "run", files=["run_config.yaml", "environment.json", "logs", CHECKPOINTS, "model",
+                                   "coreset_selections.png"])
     write_json_atomic(out / "environment.json", environment(
         seeds={"seed": config.train.seed, "per_process": "seed + process_index"},
         extra={"num_processes": accelerator.num_processes, "mixed_precision": accelerator.mixed_precision,
@@ -199,11 +204,12 @@ def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 class _Trainer:
     def __init__(self, config: RunConfig, accelerator: Accelerator, model: torch.nn.Module, optimizer: Any,
-                 scheduler: Any, progress: Progress, train_set: ImageDataset, num_val_images: int,
+                 scheduler: Any, progress: Progress, train_set: ImageDataset, val_set: ImageDataset,
                  fast: FastPath | None = None):
         self.config, self.accelerator, self.model = config, accelerator, model
         self.optimizer, self.scheduler, self.progress = optimizer, scheduler, progress
-        self.train_set, self.num_val_images = train_set, num_val_images
+        self.train_set, self.val_set, self.num_val_images = train_set, val_set, len(val_set)
+        self.coreset = CoresetState()
         self.method = METHODS[config.method.name](config)
         self.raw_model: RobustBackbone = accelerator.unwrap_model(model)
         # The whole (uint8) training set lives on the device: no loader workers to starve a GPU.
@@ -214,8 +220,14 @@ class _Trainer:
         self.fast = fast or FastPath()
         self.losses = DeviceLosses()
 
+    def epoch_indices(self) -> torch.Tensor:
+        """What this epoch trains on: the whole training set, or the current coreset after the warm-up."""
+        if coreset_active(self.config.coreset, self.progress.epoch) and self.coreset.indices is not None:
+            return self.coreset.indices
+        return torch.arange(len(self.train_set))
+
     def steps_per_epoch(self) -> int:
-        steps = len(self.train_set) // self.config.train.batch_size
+        steps = len(self.epoch_indices()) // self.config.train.batch_size
         cap = self.config.train.max_steps_per_epoch
         return min(steps, cap) if cap else steps
 
@@ -243,8 +255,13 @@ class _Trainer:
 
     def _run_epoch(self) -> int:
         p, acc, t = self.progress, self.accelerator, self.config.train
+        if p.step_in_epoch == 0 and selection_due(self.config.coreset, p.epoch) and self.coreset.selected_epoch != p.epoch:
+            self.select_coreset()
+            signum = self.stop.agreed(acc)
+            if signum:
+                return signum
         steps = self.steps_per_epoch()
-        batches = epoch_batches(torch.arange(len(self.train_set)), t.batch_size, t.seed, p.epoch,
+        batches = epoch_batches(self.epoch_indices(), t.batch_size, t.seed, p.epoch,
                                 acc.process_index, acc.num_processes)[p.step_in_epoch:steps]
         augment = SimCLRAugment(self.method.strength(p.epoch), size=self.config.data.image_size)
         bar = tqdm(batches, desc=f"epoch {p.epoch + 1}/{t.epochs}", disable=not acc.is_local_main_process,
@@ -265,6 +282,26 @@ class _Trainer:
                  "train/adv_weight": self.method.adv_weight(p.epoch - 1)}, step=p.global_step)
         log.info("epoch %d/%d: mean loss %.4f", p.epoch, t.epochs, mean)
         return 0
+
+    def select_coreset(self) -> None:
+        """A new coreset for this epoch (the same on every process), logged, plotted and checkpointed at once."""
+        acc, epoch = self.accelerator, self.progress.epoch
+        selection = select_coreset(self.raw_model, self.method, self.config, epoch, self.images,
+                                   self.val_set.images.to(acc.device), autocast=acc.autocast,
+                                   rank=acc.process_index, world=acc.num_processes)
+        record = selection.record(self.train_set.labels, self.train_set.num_classes)
+        self.coreset = CoresetState(selection.indices.cpu(), epoch, [*self.coreset.history, record])
+        acc.log({"coreset/seconds": record["seconds"], "coreset/size": record["size"],
+                 **({"coreset/first_gain": record["gains"][0]} if record["gains"] else {})}, step=self.progress.global_step)
+        log.info("coreset (%s) for epoch %d: %d images in %.1f s%s", selection.mode, epoch + 1, record["size"],
+                 record["seconds"], f", gains {record['gains'][0]:.3g} .. {record['gains'][-1]:.3g}" if record["gains"] else "")
+        if acc.is_main_process:
+            write_bytes_atomic(self.out / "coreset_selections.png", self._selections_plot())
+        # A selection is expensive: keep it (and the run's position) in a checkpoint straight away.
+        log.info("checkpoint after the coreset selection: %s", self.save_checkpoint())
+
+    def _selections_plot(self) -> bytes:
+        return selections_png(self.coreset.history, f"{self.config.coreset.mode.upper()} coreset, k={self.config.coreset.fraction}")
 
     def train_step(self, augment: SimCLRAugment, indices: torch.Tensor, steps: int) -> float | None:
         """One step; returns the loss when it was read back this step (every step unless sync_free)."""
@@ -321,6 +358,7 @@ class _Trainer:
         if acc.is_main_process:
             write_json_atomic(staging / PROGRESS_FILE, self.progress.state_dict())
             write_json_atomic(staging / CONFIG_FILE, self.config.to_dict())
+            self.coreset.save(staging)
             shutil.rmtree(path, ignore_errors=True)
             os.replace(staging, path)
             prune_checkpoints(self.out, self.config.train.keep_checkpoints)
@@ -346,9 +384,13 @@ class _Trainer:
                                               "fingerprint": getattr(self.train_set, "fingerprint", None)}}}
             plot = loss_curve_png(self.progress.losses, f"{self.method.label} on {self.config.data.source}")
             facts["loss_plot"] = "training_loss.png"
+            extra_files = {"training_loss.png": plot}
+            if self.coreset.history:
+                metadata["training"]["coreset_selections"] = self.coreset.history
+                facts["coreset_plot"], extra_files["coreset_selections.png"] = "coreset_selections.png", self._selections_plot()
             card = render_backbone_card(self.raw_model, self.config, facts)
             self.raw_model.save_pretrained(str(model_dir), metadata=metadata, model_card=card,
-                                           extra_files={"training_loss.png": plot})
+                                           extra_files=extra_files)
             log.info("model written to %s", model_dir)
         acc.wait_for_everyone()
         return model_dir
