@@ -31,12 +31,12 @@ def add_pretrain_arguments(parser: argparse.ArgumentParser) -> None:
                         help="config overrides, e.g. train.epochs=10 data.source=uoft-cs/cifar10")
 
 
-def run_pretrain_command(args: argparse.Namespace) -> int:
+def run_pretrain_command(args: argparse.Namespace, train: Callable | None = None) -> int:
     from robust_hub.config import load_config
     from robust_hub.training.loop import pretrain
 
     config = load_config(args.config, args.overrides)
-    result = pretrain(config, resume=args.resume, overwrite=args.overwrite)
+    result = (train or pretrain)(config, resume=args.resume, overwrite=args.overwrite)
     if result.stopped_by_signal:
         print(f"interrupted: checkpoint written to {result.checkpoint}; continue with --resume", file=sys.stderr)
         return 128 + result.stopped_by_signal
@@ -45,6 +45,13 @@ def run_pretrain_command(args: argparse.Namespace) -> int:
     if PartialState().is_main_process:
         print(f"model written to {result.model_dir}")
     return 0
+
+
+def run_sat_command(args: argparse.Namespace) -> int:
+    """Supervised adversarial training (trainers/sat.py): the same command line as pre-training."""
+    from robust_hub.training.sat import train_sat
+
+    return run_pretrain_command(args, train=train_sat)
 
 
 def add_convert_arguments(parser: argparse.ArgumentParser) -> None:

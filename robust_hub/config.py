@@ -69,6 +69,7 @@ class MethodConfig:
     sir_weight: float = 0.5  # lambda1
     air_weight: float = 0.5  # lambda2
     ir_divergence: str = "reference"  # "reference" (the papers' numbers) or "paper" (textbook KL)
+    trades_beta: float = 6.0  # supervised TRADES (trainers/sat.py)
 
 
 @dataclass(frozen=True)
@@ -247,6 +248,7 @@ def validate(config: RunConfig) -> None:
     from robust_hub.losses import IR_DIVERGENCES
     from robust_hub.training.methods import METHODS
     from robust_hub.training.optim import LARS_CONVENTIONS
+    from robust_hub.training.sat import SAT_METHODS
 
     d, m, a, me, t = config.data, config.model, config.attack, config.method, config.train
     _check(d.image_size >= 8, f"data.image_size must be >= 8, got {d.image_size}")
@@ -256,12 +258,16 @@ def validate(config: RunConfig) -> None:
     _check(0 <= a.eps <= 1, f"attack.eps must be in [0, 1] (pixel units), got {a.eps}")
     _check(0 <= a.alpha <= 1, f"attack.alpha must be in [0, 1], got {a.alpha}")
     _check(a.steps >= 0, f"attack.steps must be >= 0, got {a.steps}")
-    _check(me.name in METHODS, f"method.name must be one of {sorted(METHODS)}, got {me.name!r}")
+    _check(me.name in METHODS or me.name in SAT_METHODS,
+           f"method.name must be one of {sorted(METHODS)} (pre-training) or {sorted(SAT_METHODS)} (trainers/sat.py), got {me.name!r}")
+    _check(me.trades_beta >= 0, f"method.trades_beta must be >= 0, got {me.trades_beta}")
     _check(me.temperature > 0, f"method.temperature must be > 0, got {me.temperature}")
     _check(0 <= me.strength <= 1, f"method.strength must be in [0, 1], got {me.strength}")
     _check(-1 <= me.adv_weight <= 1, f"method.adv_weight must be in [-1, 1], got {me.adv_weight}")
     _check(me.name != "dynacl" or (me.strength, me.adv_weight) == (1.0, 0.0),
            "method.strength and method.adv_weight are scheduled by DynACL; leave them unset with method.name=dynacl")
+    _check(not (me.ir and me.name in SAT_METHODS), "method.ir adds invariant regularisation to ACL/DynACL pre-training; "
+           f"it does not apply to {me.name}")
     _check(me.schedule_period >= 1, f"method.schedule_period must be >= 1, got {me.schedule_period}")
     _check(me.sir_weight >= 0 and me.air_weight >= 0, "method.sir_weight and method.air_weight must be >= 0")
     _check(me.ir_divergence in IR_DIVERGENCES,

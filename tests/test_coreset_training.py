@@ -13,7 +13,8 @@ from safetensors.torch import load_file
 from test_pretrain import ENV, QUICK, SCRIPT, run
 
 # Full set in epoch 1, one selection for epochs 2-3.
-RCS = ["coreset.mode=rcs", "coreset.fraction=0.1", "coreset.warmup_epochs=1", "coreset.interval=2"]
+# 8x8 images: a selection attacks every training image, so keep each one cheap.
+RCS = ["data.image_size=8", "coreset.mode=rcs", "coreset.fraction=0.1", "coreset.warmup_epochs=1", "coreset.interval=2"]
 
 
 def training_record(out):
@@ -28,7 +29,7 @@ def steps_logged(stderr):
 def test_coreset_epochs_train_on_the_budget_and_are_logged(tmp_path, mode):
     out = tmp_path / mode
     uncapped = [a for a in QUICK if not a.startswith("train.max_steps_per_epoch")]
-    result = run([*uncapped, "train.epochs=2", "train.warmup_epochs=0", f"coreset.mode={mode}", "coreset.fraction=0.1",
+    result = run([*uncapped, "data.image_size=8", "train.epochs=2", "train.warmup_epochs=0", f"coreset.mode={mode}", "coreset.fraction=0.1",
                   "coreset.warmup_epochs=0", "coreset.interval=1", f"train.output_dir={out}"])
     assert result.returncode == 0, result.stderr[-3000:]
     environment = json.loads((out / "environment.json").read_text())

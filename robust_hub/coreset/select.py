@@ -182,6 +182,8 @@ def head_linear_names(model: nn.Module) -> list[str]:
 class _RCS:
     """One RCS selection for a pre-training method (ACL, DynACL, +IR) on a dual-BN backbone."""
 
+    project = True  # RD compares projection-head embeddings
+
     def __init__(self, model: nn.Module, method: Any, config: Any, epoch: int, images: torch.Tensor,
                  val_images: torch.Tensor, autocast: Callable[[], AbstractContextManager] | None):
         self.model, self.method, self.config, self.epoch = model, method, config, epoch
@@ -191,13 +193,17 @@ class _RCS:
         self.device = next(model.parameters()).device
         self.augment = SimCLRAugment(method.strength(epoch), size=config.data.image_size)
         if self.c.approximation == "last_layer":
-            self.names = head_linear_names(model)
+            self.names = self.last_layer_names(model)
         else:
             self.names = [n for n, p in model.named_parameters() if p.requires_grad]
         params = dict(model.named_parameters())
         self.theta0 = {n: params[n].detach() for n in self.names}
         self.shapes = [self.theta0[n].shape for n in self.names]
         self.compress = row_mean_compressor(self.shapes) if self.c.gain_vector == "row_mean" else None
+
+    @staticmethod
+    def last_layer_names(model: nn.Module) -> list[str]:
+        return head_linear_names(model)
 
     # -- gradients of the training batches ---------------------------------------------------
     def _attacked_batch(self, batch: torch.Tensor, m: int) -> tuple[tuple, tuple, torch.Tensor]:
@@ -257,7 +263,7 @@ class _RCS:
         detached = {n: t.detach() for n, t in theta.items()}
 
         def embed(params: dict[str, torch.Tensor]) -> Callable[[torch.Tensor, str], torch.Tensor]:
-            return lambda x, route: functional_call(self.model, params, (x,), {"route": route, "project": True})
+            return lambda x, route: functional_call(self.model, params, (x,), {"route": route, "project": self.project})
 
         c, total = self.c, self.val_images.shape[0]
         step = c.val_alpha if c.val_alpha is not None else (10 / 255) / max(c.val_steps, 1)
@@ -293,6 +299,54 @@ class _RCS:
         return batches[order_t.cpu()].reshape(-1), gains_t.tolist()
 
 
+class _SupervisedRCS(_RCS):
+    """RCS for supervised adversarial training: classifier-layer gradients of CE on 1-step PGD examples,
+    RD measured on the logits."""
+
+    project = False
+
+    def __init__(self, *args: Any, labels: torch.Tensor):
+        super().__init__(*args)
+        self.labels = labels
+
+    @staticmethod
+    def last_layer_names(model: nn.Module) -> list[str]:
+        return [f"head.{name}" for name, _ in model.head.named_parameters()]
+
+    def _one_step_pgd(self, batch: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+        from robust_hub.evaluation.attacks import PGDConfig, pgd
+
+        eps = self.config.attack.eps
+        x = self.images[batch.to(self.images.device)].float().div(255)
+        y = self.labels[batch.to(self.labels.device)]
+        with _seeded(self.seed * 1_000_003 + self.epoch * _BATCH_SALT + m, self.device), torch.enable_grad():
+            return pgd(self.model, x, y, PGDConfig(eps=eps, alpha=eps, steps=1, random_start=True)), y
+
+    def batch_grads(self, batches: torch.Tensor, numbers: Sequence[int]) -> torch.Tensor:
+        if not len(numbers):
+            return torch.zeros(0, sum(math.prod(s) for s in self.shapes), device=self.device)
+        examples = [self._one_step_pgd(batch, m) for batch, m in zip(batches, numbers)]
+        if self.c.approximation == "last_layer":
+            with torch.no_grad():
+                features = torch.stack([self.model.forward_head(self.model.forward_features(x), pre_logits=True)
+                                        for x, _ in examples])
+            labels = torch.stack([y for _, y in examples])
+            weight, bias = (self.theta0[n] for n in self.names)
+
+            def loss(w: torch.Tensor, b: torch.Tensor, f: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+                return torch.nn.functional.cross_entropy(torch.nn.functional.linear(f, w, b), y)
+
+            gw, gb = vmap(grad(loss, argnums=(0, 1)), in_dims=(None, None, 0, 0))(weight, bias, features, labels)
+            return torch.cat([gw.reshape(len(numbers), -1), gb.reshape(len(numbers), -1)], dim=1)
+        params = [dict(self.model.named_parameters())[n] for n in self.names]
+        rows = []
+        for x, y in examples:
+            with torch.enable_grad():
+                loss = torch.nn.functional.cross_entropy(self.model(x), y)
+                rows.append(torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, params)]))
+        return torch.stack(rows)
+
+
 def _gather_rows(local: torch.Tensor, total: int, rank: int, world: int) -> torch.Tensor:
     """Rows r, r + world, ... computed by process r, reassembled in order on every process."""
     if world == 1:
@@ -318,11 +372,12 @@ def _broadcast(tensor: torch.Tensor, world: int) -> torch.Tensor:
 
 def select_coreset(model: nn.Module, method: Any, config: Any, epoch: int, images: torch.Tensor,
                    val_images: torch.Tensor | None = None, *, autocast: Callable[[], AbstractContextManager] | None = None,
-                   rank: int = 0, world: int = 1) -> Selection:
+                   labels: torch.Tensor | None = None, rank: int = 0, world: int = 1) -> Selection:
     """The coreset for ``epoch`` per ``config.coreset`` (``rcs`` or ``random``), the same on every process.
 
     ``images`` are the uint8 training images (on the model's device), ``val_images`` the uint8 held-out
     validation images RD is measured on. ``model`` is the bare backbone (not DDP-wrapped); it is not modified.
+    A supervised method (``method.supervised``) selects with classifier-layer gradients and needs ``labels``.
     """
     c, batch = config.coreset, config.train.batch_size
     started = time.perf_counter()
@@ -336,6 +391,13 @@ def select_coreset(model: nn.Module, method: Any, config: Any, epoch: int, image
         raise ValueError(f"coreset.mode {c.mode!r} selects nothing")
     if val_images is None or not len(val_images):
         raise ValueError("RCS needs a validation set (data.val_fraction > 0)")
+    arguments = (model, method, config, epoch, images, val_images, autocast)
     with _eval_mode(model):
-        indices, gains = _RCS(model, method, config, epoch, images, val_images, autocast).select(rank, world)
+        if getattr(method, "supervised", False):
+            if labels is None:
+                raise ValueError("RCS for supervised training needs the training labels")
+            search: _RCS = _SupervisedRCS(*arguments, labels=labels)
+        else:
+            search = _RCS(*arguments)
+        indices, gains = search.select(rank, world)
     return Selection(epoch, "rcs", indices, gains, time.perf_counter() - started)

@@ -25,7 +25,8 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``eval`` options to ``parser``."""
     p = parser
     p.add_argument("model", help="hub id (org/name[@rev], hf-hub:...), timm name, local model dir, or reference .pt")
-    p.add_argument("--protocols", default="slf,alf,aff", help="comma-separated subset of slf,alf,aff (default: all)")
+    p.add_argument("--protocols", default="slf,alf,aff", help="comma-separated subset of slf,alf,aff (default: all); own: a classifier's own head, "
+                   "no finetuning (trainers/sat.py models)")
     p.add_argument("--dataset", default="cifar10", help="cifar10, cifar100, stl10, a hub dataset id or a local path")
     p.add_argument("--out", required=True, help="directory for the JSON records and resumable state")
     p.add_argument("--revision", default=None, help="hub revision (branch, tag or commit); pinned to a commit sha")

@@ -188,12 +188,17 @@ def _read_config(path: Path) -> dict:
 def _wrap_timm(model: nn.Module, info: ModelInfo) -> EvalBackbone:
     import timm.data
 
+    own_head = None
     if hasattr(model, "reset_classifier") and getattr(model, "num_classes", 0):
+        own_head = model.get_classifier()  # kept for the "own" protocol, which scores it as it is
         model.reset_classifier(0)
     cfg = timm.data.resolve_data_config({}, model=model)
     size = tuple(cfg["input_size"][-2:])
-    return EvalBackbone(model, num_features=model.num_features, info=info, mean=tuple(cfg["mean"]),
-                        std=tuple(cfg["std"]), input_size=size)
+    backbone = EvalBackbone(model, num_features=model.num_features, info=info, mean=tuple(cfg["mean"]),
+                            std=tuple(cfg["std"]), input_size=size)
+    if isinstance(own_head, nn.Linear):
+        backbone.own_head = own_head
+    return backbone
 
 
 def wrap_module(model: nn.Module, *, model_id: str = "in-memory", library: str | None = None) -> EvalBackbone:

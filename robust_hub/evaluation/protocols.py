@@ -27,6 +27,8 @@ from robust_hub.errors import RobustHubError
 from robust_hub.evaluation.attacks import PGDConfig, pgd, trades_attack, trades_loss
 
 PROTOCOLS = ("slf", "alf", "aff")
+# "own": no finetuning, the model's own classifier head (a supervised adversarially trained classifier).
+ALL_PROTOCOLS = (*PROTOCOLS, "own")
 LINEAR_LR = {"cifar10": 0.01, "cifar100": 0.05, "stl10": 0.1}
 
 
@@ -47,8 +49,8 @@ class ProtocolConfig:
     trades_beta: float | None = None
 
     def __post_init__(self) -> None:
-        if self.name not in PROTOCOLS:
-            raise RobustHubError(f"unknown protocol {self.name!r}; choose from {', '.join(PROTOCOLS)}")
+        if self.name not in ALL_PROTOCOLS:
+            raise RobustHubError(f"unknown protocol {self.name!r}; choose from {', '.join(ALL_PROTOCOLS)}")
         if self.epochs < 0 or self.batch_size <= 0 or self.lr <= 0:
             raise RobustHubError(f"{self.name}: epochs must be >= 0, batch_size and lr > 0")
         if self.name in ("alf", "aff") and self.train_attack is None:
@@ -71,6 +73,8 @@ def default_protocol_config(name: str, dataset: str = "cifar10", *, eps: float =
         return ProtocolConfig("slf", lr=LINEAR_LR.get(dataset, 0.01))
     if name == "alf":
         return ProtocolConfig("alf", lr=LINEAR_LR.get(dataset, 0.01), train_attack=attack)
+    if name == "own":
+        return ProtocolConfig("own", epochs=0, augment=False)
     if name == "aff":
         return ProtocolConfig("aff", lr=0.1, batch_size=128, milestones=(15, 20), train_attack=attack, trades_beta=6.0)
     raise RobustHubError(f"unknown protocol {name!r}; choose from {', '.join(PROTOCOLS)}")
@@ -148,6 +152,17 @@ def _loss(cfg: ProtocolConfig, model: Classifier, x: torch.Tensor, y: torch.Tens
     return trades_loss(model(x), model(x_adv), y, cfg.trades_beta)
 
 
+def _own_classifier(backbone: nn.Module, num_features: int, num_classes: int) -> Classifier:
+    """The backbone with the classifier head it was saved with (see ``loading._wrap_timm``)."""
+    head = getattr(backbone, "own_head", None)
+    if not isinstance(head, nn.Linear) or head.out_features != num_classes or head.in_features != num_features:
+        have = f"a {head.out_features}-class head" if isinstance(head, nn.Linear) else "no classifier head"
+        raise RobustHubError(f"protocol own scores a model's own classifier over {num_classes} classes; this model has {have}")
+    model = Classifier(copy.deepcopy(backbone), num_features, num_classes)
+    model.head = copy.deepcopy(head)
+    return model
+
+
 def _set_train_mode(cfg: ProtocolConfig, model: Classifier) -> None:
     model.train()
     if cfg.name in ("slf", "alf"):
@@ -169,6 +184,8 @@ def finetune(
 ) -> Classifier:
     """Finetune a copy of ``backbone`` with a new head (or a copy of ``head``) on uint8 ``images``;
     returns it in eval mode."""
+    if cfg.name == "own":
+        return _own_classifier(backbone, num_features, num_classes).to(device).eval()
     keep = labels >= 0
     images, labels = images[keep], labels[keep]
     if len(images) == 0:

@@ -67,7 +67,7 @@ class ProtocolSection:
     settings: dict
 
     def validate(self) -> None:
-        _check(self.name in ("slf", "alf", "aff"), "protocol.name must be slf, alf or aff")
+        _check(self.name in ("slf", "alf", "aff", "own"), "protocol.name must be slf, alf, aff or own")
         _check(isinstance(self.settings, dict), "protocol.settings must be an object")
 
 

@@ -28,7 +28,7 @@ from robust_hub.io import read_marker, write_marker
 from robust_hub.evaluation.verdict import Measurement, decide, measure_gradients
 from robust_hub.evaluation.corruptions import corruption_accuracy, generate_corruption_set, load_cifar10c
 from robust_hub.evaluation.loading import EvalBackbone, load_backbone
-from robust_hub.evaluation.protocols import (PROTOCOLS, Classifier, ProtocolConfig, default_protocol_config, finetune,
+from robust_hub.evaluation.protocols import (ALL_PROTOCOLS, PROTOCOLS, Classifier, ProtocolConfig, default_protocol_config, finetune,
                                              with_overrides)
 from robust_hub.evaluation.records import (METRIC_NAMES, SCHEMA_VERSION, DatasetSection, EvalRecord, ModelSection,
                                            ProtocolSection, ThreatSection, find_record, record_filename, record_key,
@@ -180,9 +180,9 @@ def _parse_protocols(protocols: Sequence[str] | str) -> list[str]:
     if isinstance(protocols, str):
         protocols = [p.strip() for p in protocols.split(",") if p.strip()]
     names = [p.lower() for p in protocols]
-    bad = [p for p in names if p not in PROTOCOLS]
+    bad = [p for p in names if p not in ALL_PROTOCOLS]
     if bad or not names:
-        raise RobustHubError(f"unknown protocols {', '.join(bad) or '(none given)'}; choose from {', '.join(PROTOCOLS)}")
+        raise RobustHubError(f"unknown protocols {', '.join(bad) or '(none given)'}; choose from {', '.join(ALL_PROTOCOLS)}")
     return list(dict.fromkeys(names))
 
 
@@ -200,7 +200,7 @@ def _protocol_configs(names, dataset_name: str, opts: EvalOptions, overrides: di
         if cfg.train_attack is None:
             general = {k: v for k, v in general.items() if not k.startswith("train_attack.")}
         configs.append(with_overrides(cfg, {**general, **specific}))
-    unknown = [k for k in overrides if "." in k and k.split(".", 1)[0] not in (*PROTOCOLS, "train_attack")]
+    unknown = [k for k in overrides if "." in k and k.split(".", 1)[0] not in (*ALL_PROTOCOLS, "train_attack")]
     if unknown:
         raise RobustHubError(f"unknown protocol override {unknown[0]!r}; use KEY=VALUE or PROTOCOL.KEY=VALUE")
     return configs

@@ -12,12 +12,14 @@ from robust_hub.errors import RobustHubError
 
 TEMPLATES = Path(__file__).resolve().parents[1] / "model_cards"
 METHOD_TITLES = {"acl": "ACL (adversarial contrastive learning, dual-stream)",
-                 "dynacl": "DynACL (dynamic adversarial contrastive learning)"}
+                 "dynacl": "DynACL (dynamic adversarial contrastive learning)",
+                 "pgd_at": "PGD adversarial training (supervised)", "trades": "TRADES (supervised adversarial training)"}
+METHOD_LABELS = {"acl": "ACL", "dynacl": "DynACL", "pgd_at": "PGD-AT", "trades": "TRADES"}
 
 
 def method_label(config: RunConfig) -> str:
     """Short name of what a run trains, e.g. ``DynACL+IR``."""
-    base = {"acl": "ACL", "dynacl": "DynACL"}.get(config.method.name, config.method.name)
+    base = METHOD_LABELS.get(config.method.name, config.method.name)
     return f"{base}+IR" if config.method.ir else base
 
 
@@ -30,6 +32,10 @@ def method_title(config: RunConfig) -> str:
 def method_details(config: RunConfig) -> str:
     """The method's own settings, for the card's table."""
     me = config.method
+    if me.name == "pgd_at":
+        return "cross-entropy on PGD examples"
+    if me.name == "trades":
+        return f"CE(clean) + beta KL(p(x) || p(x_adv)), beta = {me.trades_beta}"
     if me.name == "dynacl":
         text = (f"strength s = 1 - floor((epoch-1)/{me.schedule_period}) * {me.schedule_period}/{config.train.epochs}, "
                 "w = (2/3)(1 - s)")
@@ -59,15 +65,19 @@ def _pixels(value: float) -> str:
 def render_backbone_card(model: Any, config: RunConfig, facts: dict[str, Any]) -> str:
     """Markdown for the backbone's README.md; ``facts`` carries run results (loss, times, sizes)."""
     t, a = config.train, config.attack
+    classifier = bool(getattr(model, "num_classes", 0))
+    task = "image-classification" if classifier else "image-feature-extraction"
     card_data = ModelCardData(
-        library_name="timm", license="apache-2.0", pipeline_tag="image-feature-extraction",
-        tags=["robust-hub", "adversarial-robustness", "self-supervised", config.method.name,
-              *(["invariant-regularization"] if config.method.ir else []), "image-feature-extraction"],
+        library_name="timm", license="apache-2.0", pipeline_tag=task,
+        tags=["robust-hub", "adversarial-robustness", "adversarial-training" if classifier else "self-supervised",
+              config.method.name, *(["invariant-regularization"] if config.method.ir else []), task],
         datasets=[config.data.source] if "/" in config.data.source and not Path(config.data.source).exists() else None,
     )
     versions = facts.get("versions", {})
     values = dict(
-        model_name=facts.get("model_name", f"{config.model.arch} pre-trained with {method_label(config)}"),
+        model_name=facts.get("model_name", f"{config.model.arch} {'trained' if classifier else 'pre-trained'} with "
+                                           f"{method_label(config)}"),
+        num_classes=getattr(model, "num_classes", 0),
         method=config.method.name + ("+ir" if config.method.ir else ""), method_title=method_title(config),
         method_details=method_details(config), lars_convention=t.lars_convention, lr_min=t.lr_min,
         dataset=config.data.source, split=config.data.split, architecture=model.pretrained_cfg.get("architecture"),

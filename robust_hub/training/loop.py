@@ -30,7 +30,7 @@ from robust_hub.provenance import environment
 from robust_hub.training.batches import epoch_batches
 from robust_hub.training.card import loss_curve_png, render_backbone_card
 from robust_hub.training.fast import DeviceLosses, FastPath
-from robust_hub.training.methods import METHODS
+from robust_hub.training.methods import METHODS, LossTerms
 from robust_hub.training.optim import build_optimizer, build_scheduler
 from robust_hub.training.run_dir import (CHECKPOINTS, CONFIG_FILE, PROGRESS_FILE, clean_stale_checkpoints,
                                          prepare_output_dir, prune_checkpoints, set_aside_earlier_checkpoints)
@@ -96,6 +96,15 @@ def pretrain(config: RunConfig, resume: str | bool | None = None, overwrite: boo
 
     ``overwrite`` lets a fresh run start in a directory holding another run (or other files).
     """
+    return run_training(config, resume, _Trainer, overwrite)
+
+
+def run_training(config: RunConfig, resume: str | bool | None, trainer_class: type["_Trainer"],
+                 overwrite: bool = False) -> PretrainResult:
+    """The shared driver: data, model, optimiser, Accelerate, resume; ``trainer_class`` owns the steps."""
+    if config.method.name not in trainer_class.METHODS:
+        raise RobustHubError(f"method.name={config.method.name!r} is not a {trainer_class.task} method; "
+                             f"choose one of {sorted(trainer_class.METHODS)}")
     out = Path(config.train.output_dir)
     checkpoint_to_load = prepare_output_dir(out, config, resume, overwrite)  # before anything is created
     accelerator = Accelerator(
@@ -108,11 +117,11 @@ def pretrain(config: RunConfig, resume: str | bool | None = None, overwrite: boo
     )
     set_seed(config.train.seed, device_specific=True)
     train_set, val_set = _load_data(config)  # before anything is written: bad input fails clean
-    model = _build_model(config)
+    model = trainer_class.build_model(config, train_set)
     fast = FastPath.resolve(config.speed, accelerator.device, accelerator.mixed_precision)
     log.info("fast path: %s", fast.describe())
     fast.prepare_model(model)
-    optimizer = fast.prepare_optimizer(build_optimizer(model, config.train))
+    optimizer = fast.prepare_optimizer(trainer_class.build_optimizer(model, config.train))
     scheduler = build_scheduler(optimizer, config.train)
     model, optimizer = accelerator.prepare(model, optimizer)
     progress, coreset = Progress(), CoresetState()
@@ -134,8 +143,8 @@ def pretrain(config: RunConfig, resume: str | bool | None = None, overwrite: boo
         if overwrite and not checkpoint_to_load:
             set_aside_earlier_checkpoints(out)
     _write_run_files(accelerator, config, out, train_set, val_set)
-    accelerator.init_trackers("pretrain", config=_flat(config.to_dict()))
-    trainer = _Trainer(config, accelerator, model, optimizer, scheduler, progress, train_set, val_set, fast)
+    accelerator.init_trackers(trainer_class.task, config=_flat(config.to_dict()))
+    trainer = trainer_class(config, accelerator, model, optimizer, scheduler, progress, train_set, val_set, fast)
     trainer.coreset = coreset
     try:
         return trainer.run()
@@ -203,6 +212,14 @@ def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 class _Trainer:
+    task = "pretrain"
+    METHODS: dict[str, Any] = METHODS
+    build_optimizer = staticmethod(build_optimizer)
+
+    @staticmethod
+    def build_model(config: RunConfig, train_set: ImageDataset) -> torch.nn.Module:
+        return _build_model(config)
+
     def __init__(self, config: RunConfig, accelerator: Accelerator, model: torch.nn.Module, optimizer: Any,
                  scheduler: Any, progress: Progress, train_set: ImageDataset, val_set: ImageDataset,
                  fast: FastPath | None = None):
@@ -210,7 +227,7 @@ class _Trainer:
         self.optimizer, self.scheduler, self.progress = optimizer, scheduler, progress
         self.train_set, self.val_set, self.num_val_images = train_set, val_set, len(val_set)
         self.coreset = CoresetState()
-        self.method = METHODS[config.method.name](config)
+        self.method = self.METHODS[config.method.name](config)
         self.raw_model: RobustBackbone = accelerator.unwrap_model(model)
         # The whole (uint8) training set lives on the device: no loader workers to starve a GPU.
         self.images = train_set.images.to(accelerator.device)
@@ -233,8 +250,8 @@ class _Trainer:
 
     def run(self) -> PretrainResult:
         t, acc, p = self.config.train, self.accelerator, self.progress
-        log.info("pre-training %s with %s on %d images: %d epochs x %d steps, %d process(es)",
-                 self.config.model.arch, self.method.name, len(self.train_set), t.epochs,
+        log.info("%s %s with %s on %d images: %d epochs x %d steps, %d process(es)",
+                 "pre-training" if self.task == "pretrain" else "adversarially training", self.config.model.arch, self.method.name, len(self.train_set), t.epochs,
                  self.steps_per_epoch(), acc.num_processes)
         while p.epoch < t.epochs:
             signum = self._run_epoch()
@@ -278,8 +295,7 @@ class _Trainer:
                 return signum
         self.read_losses()
         mean = p.finish_epoch()
-        acc.log({"train/epoch_loss": mean, "train/strength": augment.strength,
-                 "train/adv_weight": self.method.adv_weight(p.epoch - 1)}, step=p.global_step)
+        acc.log({"train/epoch_loss": mean, **self.schedule_scalars(p.epoch - 1)}, step=p.global_step)
         log.info("epoch %d/%d: mean loss %.4f", p.epoch, t.epochs, mean)
         return 0
 
@@ -288,6 +304,7 @@ class _Trainer:
         acc, epoch = self.accelerator, self.progress.epoch
         selection = select_coreset(self.raw_model, self.method, self.config, epoch, self.images,
                                    self.val_set.images.to(acc.device), autocast=acc.autocast,
+                                   labels=self.train_set.labels.to(acc.device),
                                    rank=acc.process_index, world=acc.num_processes)
         record = selection.record(self.train_set.labels, self.train_set.num_classes)
         self.coreset = CoresetState(selection.indices.cpu(), epoch, [*self.coreset.history, record])
@@ -307,13 +324,7 @@ class _Trainer:
         """One step; returns the loss when it was read back this step (every step unless sync_free)."""
         p, acc, fast = self.progress, self.accelerator, self.fast
         self.scheduler.step(p.epoch + p.step_in_epoch / steps)
-        with torch.no_grad():
-            view_i, view_j, original = augment.views(self.images[indices])
-            view_i, view_j, original = fast.images(view_i), fast.images(view_j), fast.images(original)
-        adversarial = self.method.attack(self.raw_model, view_i, view_j, fast.autocast_factory(acc.autocast))
-        self.model.train()
-        with fast.autocast():
-            terms = self.method.loss(self.model, (view_i, view_j), adversarial, p.epoch, original=original)
+        terms = self.batch_loss(augment, indices)
         loss = terms.total
         self.optimizer.zero_grad(set_to_none=True)
         acc.backward(loss)
@@ -346,6 +357,21 @@ class _Trainer:
             log.info("step %d (epoch %d): loss %.4f (%s), lr %.4g", p.global_step, p.epoch + 1, value,
                      ", ".join(f"{k} {v:.4f}" for k, v in parts.items()), lr)
         return value
+
+    def batch_loss(self, augment: SimCLRAugment, indices: torch.Tensor) -> LossTerms:
+        """The method's loss on one batch of training-set positions ``indices``."""
+        fast = self.fast
+        with torch.no_grad():
+            view_i, view_j, original = augment.views(self.images[indices])
+            view_i, view_j, original = fast.images(view_i), fast.images(view_j), fast.images(original)
+        adversarial = self.method.attack(self.raw_model, view_i, view_j, fast.autocast_factory(self.accelerator.autocast))
+        self.model.train()
+        with fast.autocast():
+            return self.method.loss(self.model, (view_i, view_j), adversarial, self.progress.epoch, original=original)
+
+    def schedule_scalars(self, epoch: int) -> dict[str, float]:
+        """The method's scheduled values at ``epoch`` (0-based), logged once per epoch."""
+        return {"train/strength": self.method.strength(epoch), "train/adv_weight": self.method.adv_weight(epoch)}
 
     def save_checkpoint(self) -> Path:
         """Accelerate's state plus progress.json, staged under a temporary name, then renamed."""
