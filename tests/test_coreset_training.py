@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from test_pretrain import ENV, QUICK, SCRIPT, run
+from test_pretrain import ACCELERATE, ENV, QUICK, SCRIPT, run
 
 # Full set in epoch 1, one selection for epochs 2-3.
 # 8x8 images: a selection attacks every training image, so keep each one cheap.
@@ -77,3 +77,21 @@ def test_killed_right_after_a_selection_and_resumed_equals_uninterrupted(tmp_pat
     histories = [training_record(d)["coreset_selections"] for d in (straight, interrupted)]
     assert [(h["epoch"], h["size"], h["gains"], h["class_counts"]) for h in histories[0]] == \
         [(h["epoch"], h["size"], h["gains"], h["class_counts"]) for h in histories[1]]
+
+
+@pytest.mark.slow
+def test_two_processes_select_once_and_train_on_the_same_coreset(tmp_path):
+    out = tmp_path / "ddp"
+    command = [ACCELERATE, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
+               SCRIPT, *QUICK, *RCS, f"train.output_dir={out}"]
+    result = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = [line.split("robust_hub.pretrain: ")[1] for line in result.stderr.splitlines() if "coreset (rcs) for epoch" in line]
+    assert len(lines) == 2  # one line per process, one selection
+    strip_time = [line.split(" in ")[0] + line.split(" s,")[1] for line in lines]
+    assert strip_time[0] == strip_time[1]  # the same coreset size and gains on both processes
+    history = training_record(out)["coreset_selections"]
+    assert len(history) == 1 and history[0]["size"] == math.floor(0.1 * json.loads(
+        (out / "environment.json").read_text())["data"]["train_images"] / 32) * 32
+    assert "step 12 (epoch 3)" in result.stderr
