@@ -8,6 +8,7 @@ RNG streams untouched, and is the same whichever process computes which batch.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import time
@@ -289,7 +290,7 @@ class _RCS:
             mine = list(range(start + rank, end, world))
             local = self.batch_grads(batches[mine], mine)
             q = _gather_rows(local, end - start, rank, world)
-            rounds = iter(range(10**9))
+            rounds = itertools.count()  # numbers each q_U evaluation, for the seed of RD's attack
             order, chunk_gains = greedy_select(q, lambda d: self.val_grad(d, next(rounds)), chunk_picks_, self.c.eta,
                                                self.compress)
             chosen += [start + o for o in order]
