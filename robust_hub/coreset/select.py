@@ -9,7 +9,6 @@ RNG streams untouched, and is the same whichever process computes which batch.
 from __future__ import annotations
 
 import itertools
-import logging
 import math
 import time
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -25,7 +24,6 @@ from robust_hub.coreset.objective import rd_attack, representational_divergence
 from robust_hub.data import SimCLRAugment
 from robust_hub.training.distributed import local_only
 
-log = logging.getLogger("robust_hub.coreset")
 MODES = ("none", "rcs", "random")
 APPROXIMATIONS = ("last_layer", "full")
 GAIN_VECTORS = ("full", "row_mean")

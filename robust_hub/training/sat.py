@@ -8,6 +8,7 @@ The result is a classifier in the Hugging Face format (backbone + ``head``); ``r
 
 from __future__ import annotations
 
+import dataclasses
 from contextlib import AbstractContextManager
 from typing import Callable
 
@@ -100,8 +101,7 @@ class SATTrainer(_Trainer):
             raise RobustHubError(f"{config.data.source} has no labels for every image; supervised adversarial "
                                  "training needs a labelled dataset")
         # No projection head: it would be an unused parameter set (and DDP refuses those).
-        no_head = {**config.model.__dict__, "proj_layers": 0}
-        model = _build_model(RunConfig(**{**config.__dict__, "model": type(config.model)(**no_head)}))
+        model = _build_model(dataclasses.replace(config, model=dataclasses.replace(config.model, proj_layers=0)))
         model.reset_classifier(train_set.num_classes)
         return model
 
