@@ -24,7 +24,9 @@ from robust_hub.coreset import (
     select_coreset,
     selection_due,
 )
+from robust_hub.coreset.select import _RCS
 from robust_hub.errors import RobustHubError
+from robust_hub.losses import air_loss, nt_xent, sir_loss
 from robust_hub.models import create_backbone
 from robust_hub.training.methods import METHODS
 
@@ -176,6 +178,72 @@ def test_last_layer_and_exact_agree_when_only_the_head_is_trainable():
     for parameter in model.parameters():
         parameter.requires_grad_(True)
     assert select_coreset(model, method, exact_config, 0, images, val).gains != pytest.approx(approx.gains, rel=1e-4)
+
+
+# ----------------------------------------------------------------------------- every method
+# Epoch 6 of 10 with a DynACL period of 3: s = 1 - floor(6/3) * 3/10 = 0.4, w = (2/3)(1 - s) = 0.4.
+METHOD_CASES = {
+    "acl": ([], 1.0, 0.0, False),
+    "acl+ir": (["method.ir=true"], 1.0, 0.0, True),
+    "dynacl": (["method.name=dynacl", "method.schedule_period=3"], 0.4, 0.4, False),
+    "dynacl+ir": (["method.name=dynacl", "method.schedule_period=3", "method.ir=true"], 0.4, 0.4, True),
+}
+
+
+@pytest.mark.parametrize("case", list(METHOD_CASES))
+def test_batch_gradient_is_the_configured_methods_loss(case):
+    """q_m (last-layer approximation) equals the head gradient of the method's loss, written out here from
+    method.md: ((1-w) L_nat + (1+w) L_adv) / 2, or with IR (1-w) L_nat + (1+w) L_adv + 0.5 SIR + 0.5 AIR,
+    with DynACL's s and w at the selection's epoch."""
+    overrides, strength, w, ir = METHOD_CASES[case]
+    config = tiny_config(*overrides)
+    model, images, val = tiny_problem(seed=5)
+    model.eval()  # as during a selection: batch norms on their running statistics
+    epoch, m = 6, 3
+    search = _RCS(model, METHODS[config.method.name](config), config, epoch, images, val, None)
+    assert search.augment.strength == pytest.approx(strength)
+    batch = partition(64, 8, config.train.seed, epoch)[m]
+    q_m = search.batch_grads(batch.view(1, -1), [m])[0]
+
+    (view_i, view_j), (adv_i, adv_j), original = search._attacked_batch(batch, m)
+    head = [dict(model.named_parameters())[n] for n in HEAD_LINEAR]
+    with torch.enable_grad():
+        z_i, z_j = model(torch.cat([view_i, view_j]), route="normal", project=True).chunk(2)
+        a_i, a_j = model(torch.cat([adv_i, adv_j]), route="pgd", project=True).chunk(2)
+        nat, adv = nt_xent(z_i, z_j, 0.5), nt_xent(a_i, a_j, 0.5)
+        if ir:
+            z_o = model(original, route="normal", project=True)
+            loss = (1 - w) * nat + (1 + w) * adv + 0.5 * sir_loss(z_i, z_j, z_o) + 0.5 * air_loss(a_i, a_j, z_i, z_j, z_o)
+        else:
+            loss = ((1 - w) * nat + (1 + w) * adv) / 2
+        expected = torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, head)])
+    assert torch.allclose(q_m, expected, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("case", ["dynacl", "dynacl+ir"])
+def test_dynacl_and_ir_select_with_their_own_loss_and_keep_the_budget(case):
+    config = tiny_config(*METHOD_CASES[case][0])
+    model, images, val = tiny_problem(seed=6)
+    selection = select_coreset(model, METHODS[config.method.name](config), config, 6, images, val)
+    assert selection.indices.numel() == 16 and selection.indices.unique().numel() == 16
+    acl_config = tiny_config()
+    acl = select_coreset(model, METHODS["acl"](acl_config), acl_config, 6, images, val)
+    assert selection.gains != pytest.approx(acl.gains, rel=1e-4)  # the method's loss is what is scored
+
+
+@pytest.mark.slow
+def test_last_layer_and_exact_agree_for_dynacl_with_ir():
+    """As for ACL, but through DynACL's schedule and IR's extra forward pass of the un-augmented images."""
+    config = tiny_config("coreset.fraction=0.4", *METHOD_CASES["dynacl+ir"][0])
+    model, images, val = tiny_problem(seed=4)
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad_(name in HEAD_LINEAR)
+    method = METHODS["dynacl"](config)
+    approx = select_coreset(model, method, config, 6, images, val)
+    exact_config = dataclasses.replace(config, coreset=dataclasses.replace(config.coreset, approximation="full"))
+    exact = select_coreset(model, method, exact_config, 6, images, val)
+    assert torch.equal(approx.indices, exact.indices)
+    assert exact.gains == pytest.approx(approx.gains, rel=1e-4)
 
 
 def test_chunked_selection_keeps_the_budget_and_resets_per_chunk():
