@@ -47,6 +47,40 @@ def test_coreset_epochs_train_on_the_budget_and_are_logged(tmp_path, mode):
     assert "![Coreset selections" in card and ("RCS (robustness-aware" in card if mode == "rcs" else "random subset" in card)
 
 
+def logged_lrs(stderr):
+    return {int(line.split("step ")[1].split(" ")[0]): float(line.rsplit("lr ", 1)[1])
+            for line in stderr.splitlines() if " INFO robust_hub.pretrain: step " in line}
+
+
+def test_dynacl_with_ir_on_rcs_coresets_follows_the_cosine_by_epoch_progress(tmp_path):
+    """DynACL+IR from the config trains on RCS coresets; the learning rate of every step is method.md's
+    warm-up + cosine at the step's epoch progress (coreset epochs have fewer steps, not a shorter schedule)."""
+    out = tmp_path / "dynacl_ir"
+    uncapped = [a for a in QUICK if not a.startswith("train.max_steps_per_epoch")]
+    lr0, lr_min, epochs, warmup = 0.5, 0.01, 3, 1
+    result = run([*uncapped, "data.image_size=8", "train.batch_size=128", f"train.epochs={epochs}",
+                  f"train.warmup_epochs={warmup}", f"train.lr={lr0}", f"train.lr_min={lr_min}",
+                  "method.name=dynacl", "method.schedule_period=1", "method.ir=true", "coreset.mode=rcs",
+                  "coreset.fraction=0.25", "coreset.warmup_epochs=1", "coreset.interval=1", f"train.output_dir={out}"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    n_train = json.loads((out / "environment.json").read_text())["data"]["train_images"]
+    full, coreset = n_train // 128, math.floor(0.25 * n_train / 128)
+    history = training_record(out)["coreset_selections"]
+    assert [(h["epoch"], h["size"], len(h["gains"])) for h in history] == [(1, coreset * 128, coreset), (2, coreset * 128, coreset)]
+    assert " sir " in result.stderr and " air " in result.stderr  # IR's terms are in the trained loss
+
+    def expected_lr(progress):
+        if progress < warmup:
+            return lr0 * progress / warmup
+        return lr_min + (lr0 - lr_min) * (1 + math.cos(math.pi * (progress - warmup) / (epochs - warmup))) / 2
+
+    steps = [full, coreset, coreset]
+    progress = [e + s / steps[e] for e in range(epochs) for s in range(steps[e])]  # before each step
+    lrs = logged_lrs(result.stderr)
+    assert sorted(lrs) == list(range(1, len(progress) + 1))
+    assert [lrs[g + 1] for g in range(len(progress))] == pytest.approx([expected_lr(e) for e in progress], rel=1e-3)
+
+
 @pytest.mark.slow
 def test_killed_right_after_a_selection_and_resumed_equals_uninterrupted(tmp_path):
     straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
