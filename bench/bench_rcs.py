@@ -8,6 +8,14 @@
 2. End to end: ACL+RCS (k = 0.2, warm-up and interval from the command line) against ACL on the full
    set, the same number of epochs, both through ``robust_hub.training.loop.pretrain``.
 Ratios are what to compare across machines; absolute seconds depend on how busy the machine is.
+Each figure is given in wall-clock seconds and in this process's CPU seconds: on a shared machine
+the wall clock of the same work varies with the other jobs, its CPU time much less (run with
+OMP_NUM_THREADS=1 so that CPU time is single-thread work).
+
+The accounting behind the end-to-end ratio: with E epochs, W on the full set, a coreset with a fraction
+c of the full epoch's steps and n selections each costing s full epochs, an RCS run costs
+(W + (E - W) c + n s) / E of the full run. In steady state a selection every I epochs pays off when
+s < I (1 - c): ``break_even_interval`` is s / (1 - c).
 """
 
 from __future__ import annotations
@@ -37,10 +45,11 @@ def config_for(args: argparse.Namespace, out: Path, *extra: str):
         "train.log_every=1000000", f"train.output_dir={out}", *extra])
 
 
-def timed_run(config) -> float:
-    start = time.perf_counter()
-    pretrain(config)
-    return time.perf_counter() - start
+def timed(work) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process) of ``work()``."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    work()
+    return time.perf_counter() - wall, time.process_time() - cpu
 
 
 def main() -> None:
@@ -61,25 +70,34 @@ def main() -> None:
     rcs = [f"coreset.mode=rcs", f"coreset.fraction={args.fraction}", f"coreset.warmup_epochs={args.warmup}",
            f"coreset.interval={args.interval}"]
     with tempfile.TemporaryDirectory() as tmp:
-        full_seconds = timed_run(config_for(args, Path(tmp) / "full"))
-        rcs_seconds = timed_run(config_for(args, Path(tmp) / "rcs", *rcs))
+        full = timed(lambda: pretrain(config_for(args, Path(tmp) / "full")))
+        rcs_run = timed(lambda: pretrain(config_for(args, Path(tmp) / "rcs", *rcs)))
         # One selection on a fresh model, after the two runs so that it sees the same warm caches.
         config = config_for(args, Path(tmp) / "select", *rcs)
         train_set, val_set = _load_data(config)
         model = create_backbone(args.arch, dual_bn=True, proj_layers=3)
-        start = time.perf_counter()
-        selection = select_coreset(model, METHODS["acl"](config), config, 0, train_set.images, val_set.images)
-        select_seconds = time.perf_counter() - start
-    epoch_seconds = full_seconds / args.epochs
-    selections = len(range(args.warmup, args.epochs, args.interval))
+        selections = []
+        one = timed(lambda: selections.append(
+            select_coreset(model, METHODS["acl"](config), config, 0, train_set.images, val_set.images)))
+    selection, count = selections[0], len(range(args.warmup, args.epochs, args.interval))
+    coreset_steps = (len(selection.indices) // args.batch) / (len(train_set) // args.batch)
     figures = {
         "robust_hub": robust_hub.__version__, "torch": torch.__version__, "threads": torch.get_num_threads(),
         "setting": vars(args), "train_images": len(train_set), "coreset_images": int(selection.indices.numel()),
-        "full_acl_seconds": round(full_seconds, 1), "acl_rcs_seconds": round(rcs_seconds, 1),
-        "one_full_epoch_seconds": round(epoch_seconds, 2), "one_selection_seconds": round(select_seconds, 2),
-        "selection_over_full_epoch": round(select_seconds / epoch_seconds, 3),
-        "selections_in_rcs_run": selections, "rcs_run_over_full_run": round(rcs_seconds / full_seconds, 3),
+        "coreset_steps_over_full_epoch": round(coreset_steps, 3), "selections_in_rcs_run": count,
     }
+    for clock, k in (("wall", 0), ("cpu", 1)):
+        epoch = full[k] / args.epochs
+        cost = one[k] / epoch
+        figures[clock] = {
+            "full_acl_seconds": round(full[k], 1), "acl_rcs_seconds": round(rcs_run[k], 1),
+            "one_full_epoch_seconds": round(epoch, 2), "one_selection_seconds": round(one[k], 2),
+            "selection_over_full_epoch": round(cost, 3),
+            "rcs_run_over_full_run": round(rcs_run[k] / full[k], 3),
+            "predicted_rcs_run_over_full_run": round(
+                (args.warmup + (args.epochs - args.warmup) * coreset_steps + count * cost) / args.epochs, 3),
+            "break_even_interval": round(cost / (1 - coreset_steps), 2),
+        }
     print(json.dumps(figures, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
