@@ -321,5 +321,3 @@ def _validate_coreset(config: RunConfig) -> None:
     if c.mode != "none":
         _check(c.warmup_epochs < config.train.epochs,
                f"coreset.warmup_epochs ({c.warmup_epochs}) must be < train.epochs ({config.train.epochs}) or no coreset is ever used")
-    if c.mode == "rcs":
-        _check(config.data.val_fraction > 0, "coreset.mode=rcs needs a validation set: set data.val_fraction > 0")

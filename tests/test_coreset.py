@@ -269,7 +269,8 @@ def test_class_balance_in_the_selection_record():
     ("coreset.mode=fancy", "coreset.mode"), ("coreset.fraction=0", "coreset.fraction"),
     ("coreset.rd=l2", "coreset.rd"), ("coreset.approximation=half", "coreset.approximation"),
     ("coreset.interval=0", "coreset.interval"), ("coreset.warmup_epochs=10", "ever used"),
-    ("data.val_fraction=0", "validation set"), ("coreset.eta=-1", "coreset.eta"),
+    ("coreset.eta=-1", "coreset.eta"), ("coreset.val_steps=-1", "coreset.val_steps"),
+    ("coreset.chunk_batches=-2", "coreset.chunk_batches"),
 ])
 def test_bad_coreset_config_is_refused(override, message):
     with pytest.raises(RobustHubError, match=message):
