@@ -307,3 +307,26 @@ def test_two_process_selection_equals_single_process():
         indices, gains = results[rank]
         assert indices == single.indices.tolist()
         assert gains == pytest.approx(single.gains, rel=1e-5)
+
+
+def test_a_compiled_model_selects_the_same_coreset():
+    """The fast path compiles the backbone in place (speed.compile); the selection calls it through
+    dynamo (attacks, functional_call with moved head parameters) and must pick what the plain model picks."""
+    from torch._dynamo.utils import counters
+
+    from robust_hub.training.fast import FastPath
+
+    config = tiny_config()
+    model, images, val = tiny_problem()
+    plain = select_coreset(model, METHODS["acl"](config), config, 0, images, val)
+    torch._dynamo.reset()
+    counters.clear()
+    compiled, _, _ = tiny_problem()
+    FastPath(compile=True, compile_backend="eager").prepare_model(compiled)
+    try:
+        fast = select_coreset(compiled, METHODS["acl"](config), config, 0, images, val)
+        assert counters["frames"]["total"] > 0  # dynamo did run the selection's forward passes
+    finally:
+        torch._dynamo.reset()
+    assert torch.equal(fast.indices, plain.indices)
+    assert fast.gains == pytest.approx(plain.gains, rel=1e-5)
