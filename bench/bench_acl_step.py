@@ -187,7 +187,7 @@ def measure(args, device: torch.device, name: str) -> dict:
     return {
         "variant": name, "fast_path": fast.describe(), "images_per_s": args.batch * args.steps / elapsed,
         "step_s": elapsed / args.steps, "first_step_s": first_step_s,
-        "split": {k: round(v / split_total, 4) for k, v in timer.seconds.items()},
+        "split": {k: round(v / split_total, 4) for k, v in timer.seconds.items()} if split_total else {},  # --split-steps 0
         "split_step_s": split_total / max(args.split_steps, 1),
     }
 
