@@ -138,19 +138,23 @@ def test_bad_input_is_one_line_and_leaves_nothing(name, world, capsys):
 
 
 LAUNCH = [ACCELERATE, "launch", "-q", "--cpu", "--num_processes", "1", "--num_machines", "1", "--mixed_precision",
-          "no", "--dynamo_backend", "no", str(REPO / "trainers" / "pretrain.py"), "--config",
-          str(REPO / "configs" / "offline.yaml")]
+          "no", "--dynamo_backend", "no"]
+PRETRAIN = [str(REPO / "trainers" / "pretrain.py"), "--config", str(REPO / "configs" / "offline.yaml")]
+SAT = [str(REPO / "trainers" / "sat.py"), "--config", str(REPO / "configs" / "sat_cifar10.yaml")]
 
 
-@pytest.mark.parametrize("args,message", [
-    (["train.lr=inf"], "finite"),
-    (["train.output_dir=afile/run"], "lies under the file"),
-    (["train.output_dir=mine"], "not written by robust-hub"),
+@pytest.mark.parametrize("script,args,message", [
+    (PRETRAIN, ["train.lr=inf"], "finite"),
+    (PRETRAIN, ["train.output_dir=afile/run"], "lies under the file"),
+    (PRETRAIN, ["train.output_dir=mine"], "not written by robust-hub"),
+    (SAT, ["train.lr=nan"], "finite"),
+    (SAT, ["train.output_dir=mine"], "not written by robust-hub"),
+    (SAT, ["sat.loss=trades"], "unknown config section"),
 ])
-def test_the_readme_launcher_shows_one_error_line(args, message, world):
-    """The README's own command (`accelerate launch -q ... trainers/pretrain.py`), run for real."""
+def test_the_readme_launcher_shows_one_error_line(script, args, message, world):
+    """The README's own commands (`accelerate launch -q ... trainers/{pretrain,sat}.py`), run for real."""
     before = snapshot(world)
-    result = subprocess.run([*LAUNCH, *args], cwd=world, capture_output=True, text=True, timeout=300,
+    result = subprocess.run([*LAUNCH, *script, *args], cwd=world, capture_output=True, text=True, timeout=300,
                             env={**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"})
     assert result.returncode != 0
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]

@@ -143,3 +143,21 @@ def test_own_protocol_refuses_a_backbone_without_a_classifier(tmp_path):
                              "--out", str(tmp_path / "eval"), "--no-progress"], env=ENV, capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 2 and "no classifier head" in result.stderr
+
+
+def test_an_unlabelled_dataset_is_refused_before_training(tmp_path):
+    import datasets
+    import numpy as np
+
+    from test_data import _parquet
+
+    images = [np.random.default_rng(i).integers(0, 256, (16, 16, 3), dtype=np.uint8) for i in range(80)]
+    _parquet(tmp_path / "data" / "train-00000-of-00001.parquet", {"img": images}, {"img": datasets.Image()})
+    out = tmp_path / "run"
+    result = subprocess.run([sys.executable, SAT_SCRIPT, *QUICK, "method.name=pgd_at", "model.dual_bn=false",
+                             f"data.source={tmp_path / 'data'}", f"train.output_dir={out}"],
+                            env=ENV, capture_output=True, text=True, timeout=300)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.returncode != 0 and len(errors) == 1 and "needs a labelled dataset" in errors[0], result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (out / "checkpoints").exists() and not (out / "model").exists()
