@@ -51,6 +51,7 @@ def test_resume_may_grow_epochs_and_refuses_an_unloadable_checkpoint(tmp_path):
                  f"train.output_dir={out}", "--resume"])
     assert grown.returncode == 0, grown.stderr[-2000:]
     assert "resumed from" in grown.stderr
+    assert "other speed switches (speed.channels_last" in grown.stderr and "speed.sync_free True -> False" in grown.stderr
     latest = checkpoints_in(out)[-1]
     (latest / "model.safetensors").write_bytes(b"not safetensors")
     one_error_line(run([*QUICK, "train.epochs=4", f"train.output_dir={out}", "--resume"]), "cannot load")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -23,6 +24,8 @@ import yaml
 from robust_hub.config import RunConfig, SpeedConfig
 from robust_hub.errors import RobustHubError
 from robust_hub.io import check_writable_path, claim_directory
+
+log = logging.getLogger("robust_hub.pretrain")
 
 CHECKPOINTS = "checkpoints"
 PROGRESS_FILE = "progress.json"
@@ -130,6 +133,11 @@ def check_resume_config(checkpoint: Path, config: RunConfig) -> None:
         shown = ", ".join(f"{k} ({then.get(k, defaults.get(k))!r} -> {now.get(k, defaults.get(k))!r})" for k in differing)
         raise RobustHubError(f"--resume: {checkpoint} was written with a different config: {shown}; resume with the "
                              "same settings or start a new run in another train.output_dir")
+    switched = [k for k in sorted(then) if k.startswith("speed.") and then[k] != now.get(k, defaults.get(k))]
+    if switched:  # allowed, but bf16 and compile change rounding: say so rather than promise a bitwise resume
+        log.warning("resuming with other speed switches (%s): the same computation, but not bit for bit the "
+                    "numbers an uninterrupted run would give", ", ".join(f"{k} {then[k]!r} -> {now.get(k)!r}"
+                                                                   for k in switched))
     if now["train.epochs"] < then.get("train.epochs", now["train.epochs"]):
         raise RobustHubError(f"--resume: train.epochs may grow but not shrink ({then['train.epochs']} -> "
                              f"{now['train.epochs']})")
