@@ -179,12 +179,13 @@ def save_corruption_set(cset: CorruptionSet, root: str | Path) -> Path:
 
 # ----------------------------------------------------------------------------------------- accuracy
 @torch.no_grad()
-def _accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int, device) -> float:
-    correct = 0
+def clean_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int, device) -> float:
+    """Top-1 accuracy on uint8 images; the count stays on the device, read back once (no sync per batch)."""
+    correct = torch.zeros((), dtype=torch.int64, device=device)
     for i in range(0, len(images), batch_size):
-        x = images[i:i + batch_size].float().div(255).to(device)
-        correct += (model(x).argmax(1).cpu() == labels[i:i + batch_size]).sum().item()
-    return correct / len(images)
+        x = images[i:i + batch_size].float().div(255).to(device, non_blocking=True)
+        correct += (model(x).argmax(1) == labels[i:i + batch_size].to(device, non_blocking=True)).sum()
+    return correct.item() / len(images)
 
 
 def corruption_accuracy(
@@ -195,7 +196,7 @@ def corruption_accuracy(
     per = {}
     blocks = [(n, s) for n in cset.images for s in SEVERITIES]
     for name, s in tqdm(blocks, desc="CIFAR-10-C", disable=not progress, leave=False):
-        per.setdefault(name, {})[str(s)] = _accuracy(model, cset.images[name][s], cset.labels, batch_size, device)
+        per.setdefault(name, {})[str(s)] = clean_accuracy(model, cset.images[name][s], cset.labels, batch_size, device)
     by_sev = {str(s): float(np.mean([per[n][str(s)] for n in per])) for s in SEVERITIES}
     return {"per_corruption": per, "mean_per_severity": by_sev, "mean": float(np.mean(list(by_sev.values()))),
             "generated": cset.generated, "source": cset.source, "n_per_severity": len(cset.labels)}

@@ -216,7 +216,8 @@ def finetune(
             loss.backward()
             opt.step()
             bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.3f}")
+            if progress and (bar.n % 20 == 0 or bar.n == bar.total):  # reading the loss syncs the device
+                bar.set_postfix(loss=f"{loss.item():.3f}")
         sched.step()
     bar.close()
     return model.eval()

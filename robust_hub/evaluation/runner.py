@@ -26,7 +26,7 @@ from robust_hub.evaluation.autoattack_runner import MASKED_GRADIENT_THRESHOLD, r
 from robust_hub.evaluation.validate import RESULTS_KIND, resolve_device, validate_eval_arguments
 from robust_hub.io import read_marker, write_marker
 from robust_hub.evaluation.verdict import Measurement, decide, measure_gradients
-from robust_hub.evaluation.corruptions import corruption_accuracy, generate_corruption_set, load_cifar10c
+from robust_hub.evaluation.corruptions import clean_accuracy, corruption_accuracy, generate_corruption_set, load_cifar10c
 from robust_hub.evaluation.loading import EvalBackbone, load_backbone
 from robust_hub.evaluation.protocols import (ALL_PROTOCOLS, PROTOCOLS, Classifier, ProtocolConfig, default_protocol_config, finetune,
                                              with_overrides)
@@ -100,11 +100,7 @@ def _hardware(device: torch.device) -> dict:
 def accuracy(model: nn.Module, data: SplitData, *, batch_size: int = 256, device="cpu") -> float:
     """Clean top-1 accuracy of ``model`` ([0,1] images -> logits) on ``data``."""
     model.eval()
-    correct = 0
-    for i in range(0, len(data.images), batch_size):
-        x = data.images[i:i + batch_size].float().div(255).to(device)
-        correct += (model(x).argmax(1).cpu() == data.labels[i:i + batch_size]).sum().item()
-    return correct / len(data.images)
+    return clean_accuracy(model, data.images, data.labels, batch_size, device)
 
 
 def pgd_correct(model: nn.Module, data: SplitData, attack: PGDConfig, *, seed: int = 0, batch_size: int = 256,
@@ -112,15 +108,15 @@ def pgd_correct(model: nn.Module, data: SplitData, attack: PGDConfig, *, seed: i
     """Per image: still classified correctly under ``attack`` (seeded)."""
     model.eval()
     torch.manual_seed(seed)
-    correct: list[bool] = []
+    correct: list[torch.Tensor] = []  # kept on the device until the end: no host round trip per batch
     batches = range(0, len(data.images), batch_size)
     for i in tqdm(batches, desc=f"PGD-{attack.steps} eps={attack.eps:.4g}", disable=not progress, leave=False):
-        x = data.images[i:i + batch_size].float().div(255).to(device)
-        y = data.labels[i:i + batch_size].to(device)
+        x = data.images[i:i + batch_size].float().div(255).to(device, non_blocking=True)
+        y = data.labels[i:i + batch_size].to(device, non_blocking=True)
         x_adv = pgd(model, x, y, attack)
         with torch.no_grad():
-            correct += (model(x_adv).argmax(1) == y).cpu().tolist()
-    return correct
+            correct.append(model(x_adv).argmax(1) == y)
+    return torch.cat(correct).tolist() if correct else []
 
 
 def pgd_accuracy(model: nn.Module, data: SplitData, attack: PGDConfig, *, seed: int = 0, batch_size: int = 256,
