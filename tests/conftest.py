@@ -17,6 +17,15 @@ def _seed():
 
 
 @pytest.fixture
+def one_torch_thread():
+    """Tiny models gain nothing from intra-op threads, and on a busy 2-CPU machine they cost ~100x."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def cifar10_dir() -> Path:
     if not (SHARED_CIFAR10 / "test-00000-of-00001.parquet").is_file():
         pytest.skip(f"CIFAR-10 parquet copy not found at {SHARED_CIFAR10}")

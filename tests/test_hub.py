@@ -21,13 +21,7 @@ from hub_stand_in import closed_port_url
 X = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(7))
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """The tiny model gains nothing from intra-op threads, and on a busy 2-CPU machine they cost ~100x."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_model(seed):

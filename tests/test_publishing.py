@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 from huggingface_hub import ModelCard
@@ -21,8 +22,8 @@ QUICK = ["data.image_size=16", "train.batch_size=32", "attack.steps=1", "train.m
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.usefixtures("one_torch_thread")
 def test_train_push_to_hub_publishes_the_recipe_and_training_curve(hub, tmp_path):
-    torch.set_num_threads(1)
     config = load_config(REPO / "configs" / "offline.yaml",
                          [*QUICK, f"train.output_dir={tmp_path / 'run'}", "train.push_to_hub=org/trained"])
     result = pretrain(config)
