@@ -29,6 +29,7 @@ def world(tmp_path, monkeypatch):
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "thesis.tex").write_text("years of work")
     (tmp_path / "notes.txt").write_text("not a checkpoint")
+    (tmp_path / "leaderboard.key").write_text("k" * 64)
     (tmp_path / "latin1.yaml").write_bytes("train:\n  output_dir: caf\xe9\n".encode("latin-1"))
     (tmp_path / "bare").mkdir()
     (tmp_path / "bare" / "config.json").write_text('{"architecture": "no_such_timm_net_xyz"}')
@@ -103,6 +104,12 @@ CASES = {
     # leaderboard
     "submit invalid hub id": (["submit", "org/bad name", "--store", "store"], "invalid model id"),
     "submit store is a file": (["submit", "org/name", "--store", "afile"], "is a file"),
+    "leaderboard build site of user files": (["leaderboard", "build", "--store", "store", "--site", "mine",
+                                              "--key-file", "leaderboard.key"], "not written by robust-hub"),
+    "leaderboard run site of user files": (["leaderboard", "run", "--store", "store", "--site", "mine",
+                                            "--key-file", "leaderboard.key"], "not written by robust-hub"),
+    "leaderboard build site is a file": (["leaderboard", "build", "--store", "store", "--site", "afile",
+                                          "--key-file", "leaderboard.key"], "is a file"),
     "leaderboard build short key": (["leaderboard", "build", "--store", "store", "--site", "site", "--key-file", "afile"],
                                     "too short"),
     # pretrain (single process, in-process entry)

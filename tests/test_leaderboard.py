@@ -25,12 +25,7 @@ from leaderboard_helpers import KEY, fast_settings, file_result, push_tiny, reco
 SHA = "a" * 40
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(params=["local", "hub"])
@@ -388,3 +383,20 @@ def test_leaderboard_commands_refuse_bad_arguments_in_one_line(tmp_path, capsys,
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err and why in err, err
     assert not (tmp_path / "SITE").exists()
+
+
+def test_the_page_leaves_a_directory_of_user_files_alone(tmp_path):
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "index.html").write_text("a user's own page")
+    (site / "notes.txt").write_text("years of work")
+    store = LocalStore(tmp_path / "store")
+    with pytest.raises(RobustHubError, match="not written by robust-hub"):
+        build_site(store, KEY, site, endpoint="https://huggingface.co")
+    assert (site / "index.html").read_text() == "a user's own page"
+    build_site(store, KEY, site, endpoint="https://huggingface.co", overwrite=True)  # replaces only its own names
+    assert "<html" in (site / "index.html").read_text() and (site / "notes.txt").read_text() == "years of work"
+    fresh = tmp_path / "fresh"
+    build_site(store, KEY, fresh, endpoint="https://huggingface.co")
+    build_site(store, KEY, fresh, endpoint="https://huggingface.co")  # an earlier page is rebuilt in place
+    assert sorted(p.name for p in fresh.iterdir() if not p.name.startswith(".")) == ["index.html", "leaderboard.md"]

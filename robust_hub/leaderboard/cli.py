@@ -43,7 +43,10 @@ def add_leaderboard_arguments(parser: argparse.ArgumentParser) -> None:
     build = sub.add_parser("build", help="rebuild the page from the store")
     for p in (run, build):
         _store_argument(p)
-        p.add_argument("--site", required=True, help="directory to write index.html and leaderboard.md to")
+        p.add_argument("--site", required=True, help="directory to write index.html and leaderboard.md to (new, empty "
+                       "or an earlier page)")
+        p.add_argument("--overwrite", action="store_true", help="write the page into a directory robust-hub did not "
+                       "make (only index.html and leaderboard.md are replaced)")
         p.add_argument("--key-file", default=None, help="the leaderboard's signing key (default $ROBUST_HUB_LEADERBOARD_KEY, "
                        "else ~/.config/robust-hub/leaderboard.key, made by the first run)")
     run.add_argument("--work-dir", default="leaderboard_work", help="scratch space for evaluations in progress")
@@ -81,10 +84,11 @@ def _settings(args: argparse.Namespace):
 
 
 def run_leaderboard_command(args: argparse.Namespace) -> int:
-    from robust_hub.leaderboard.render import build_site
+    from robust_hub.leaderboard.render import build_site, check_site
     from robust_hub.leaderboard.results import load_key
     from robust_hub.leaderboard.runner import run_queue
 
+    check_site(args.site, args.overwrite)  # before any evaluation runs
     store = _open(args)
     status = 0
     if args.action == "run":
@@ -97,7 +101,7 @@ def run_leaderboard_command(args: argparse.Namespace) -> int:
         for rid, reason in summary.retry.items():
             print(f"PENDING again (crashed, will be retried) {rid}: {reason}")
         status = 1 if summary.retry else 0
-    board = build_site(store, load_key(args.key_file), args.site)
+    board = build_site(store, load_key(args.key_file), args.site, overwrite=args.overwrite)
     for path, reason in board.rejected.items():
         print(f"warning: rejected {path}: {reason}")
     rows = sum(len(t.rows) for t in board.tables)

@@ -15,7 +15,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from robust_hub.errors import RobustHubError
 from robust_hub.leaderboard.requests import RequestQueue
 from robust_hub.leaderboard.results import load_results
 from robust_hub.leaderboard.store import Store
@@ -143,18 +142,32 @@ def render_markdown(board: Board) -> str:
     return "\n".join(out)
 
 
-def build_site(store: Store, key: bytes, site_dir: str | Path, endpoint: str | None = None) -> Board:
+SITE_KIND = "leaderboard-site"
+SITE_FILES = ["index.html", "leaderboard.md"]
+
+
+def check_site(site_dir: str | Path, overwrite: bool = False) -> None:
+    """The page may go to a new or empty directory, an earlier page, or (``--overwrite``) anywhere else."""
+    from robust_hub.io import claim_directory
+
+    claim_directory(site_dir, SITE_KIND, overwrite=overwrite, what="--site")
+
+
+def build_site(store: Store, key: bytes, site_dir: str | Path, endpoint: str | None = None,
+               overwrite: bool = False) -> Board:
     """Write ``index.html`` and ``leaderboard.md`` to ``site_dir`` (atomically) from the store's records."""
-    from robust_hub.io import write_text_atomic
+    from robust_hub.io import read_marker, write_marker, write_text_atomic
 
     if endpoint is None:
         from huggingface_hub import constants
 
         endpoint = constants.ENDPOINT
     site = Path(site_dir)
-    if site.exists() and not site.is_dir():
-        raise RobustHubError(f"site directory {site} is a file")
+    check_site(site, overwrite)
     board = build_board(store, key, endpoint)
+    site.mkdir(parents=True, exist_ok=True)
+    if read_marker(site) is None:
+        write_marker(site, SITE_KIND, files=SITE_FILES)
     write_text_atomic(site / "index.html", render_html(board))
     write_text_atomic(site / "leaderboard.md", render_markdown(board))
     return board
