@@ -51,9 +51,14 @@ def record(model_id, commit, clean=0.8, pgd=0.4, aa=0.38, flags=(), protocol="sl
 def file_result(store, rec, key=KEY):
     """Put a signed result for ``rec`` where the leaderboard's runner would."""
     from robust_hub.leaderboard.requests import request_id
-    from robust_hub.leaderboard.results import sign
+    from robust_hub.leaderboard.results import result_path, sign
 
     rid = request_id(rec["model"]["id"], rec["model"]["revision"])
-    path = f"results/{rid}/{rec['protocol']['name']}_{abs(hash(json.dumps(rec, sort_keys=True))) % 10**8}.json"
+    path = result_path(rec, rid)
     assert store.create(path, sign(rec, rid, key))
     return path
+
+
+def history(store, rid):
+    """The states of a request's event files, slot by slot, as written (verified or not)."""
+    return [json.loads(store.read(path))["state"] for path in store.list(f"requests/{rid}")]

@@ -20,7 +20,7 @@ from robust_hub.leaderboard.runner import run_queue, submit
 from robust_hub.leaderboard.store import HubStore, LocalStore, open_store
 from robust_hub.leaderboard.trust import verdict
 
-from leaderboard_helpers import KEY, fast_settings, file_result, push_tiny, record
+from leaderboard_helpers import KEY, fast_settings, file_result, history, push_tiny, record
 
 SHA = "a" * 40
 
@@ -83,8 +83,8 @@ def test_concurrent_submissions_are_filed_once_and_duplicates_refused(hub, tmp_p
         t.join()
     assert sorted(rid for kind, rid in outcomes if kind == "ok") == sorted(request_id(m, c) for m, c in commits.items())
     assert sum(kind == "error" and "duplicate submission" in text for kind, text in outcomes) == 6
-    requests, malformed = RequestQueue(store).all()
-    assert not malformed and len(requests) == 3 and all(r.state == "PENDING" and r.seq == 0 for r in requests)
+    requests, rejected = RequestQueue(store, KEY).all()
+    assert not rejected and len(requests) == 3 and all(r.state == "PENDING" and r.seq == 0 for r in requests)
     assert {r.commit for r in requests} == set(commits.values())
 
 
@@ -146,9 +146,9 @@ def test_round_trip_push_load_submit_run_page_and_model_index(hub, tmp_path, cap
     summary = run_queue(store, KEY, fast_settings(), tmp_path / "work")
     rid = request_id("org/robust", commit)
     assert summary.finished == [rid] and not summary.failed and not summary.retry
-    (req,), _ = RequestQueue(store).all()
-    assert req.state == "FINISHED" and [s for _, s, _ in RequestQueue(store).events()[rid]] == ["PENDING", "RUNNING",
-                                                                                               "FINISHED"]
+    (req,), _ = RequestQueue(store, KEY).all()
+    # claimed, the lease renewed before filing the results (still ours), finished
+    assert req.state == "FINISHED" and history(store, rid) == ["PENDING", "RUNNING", "RUNNING", "FINISHED"]
     (result_path,) = store.list("results")
     rec = json.loads(store.read(result_path))["record"]
     assert rec["model"]["id"] == "org/robust" and rec["model"]["revision"] == commit
@@ -235,27 +235,14 @@ def test_refused_model_fails_with_reason_and_crash_is_retryable(hub, tmp_path, m
     assert list(summary.retry) == [good_id] and "machine fell over" in summary.retry[good_id]
     (broken_id, reason), = summary.failed.items()
     assert broken_id.startswith("org--broken--") and "not a valid safetensors file" in reason
-    states = {r.model_id: r.state for r in RequestQueue(store).all()[0]}
+    states = {r.model_id: r.state for r in RequestQueue(store, KEY).all()[0]}
     assert states == {"org/good": "PENDING", "org/broken": "FAILED"}
 
     monkeypatch.setattr(eval_runner, "evaluate", real)
     summary = run_queue(store, KEY, fast_settings(), tmp_path / "work")
     assert summary.finished == [good_id] and not summary.failed  # FAILED is final, not rerun
-    assert {r.model_id: r.state for r in RequestQueue(store).all()[0]} == {"org/good": "FINISHED", "org/broken": "FAILED"}
-
-
-def test_a_dead_runners_lease_expires_and_the_request_is_taken_again(tmp_path):
-    store = LocalStore(tmp_path / "store")
-    queue = RequestQueue(store)
-    req = queue.submit("org/m", SHA, "main")
-    running = queue.claim(req, lease_s=3600)
-    assert queue.claim(req, lease_s=3600) is None  # the same step cannot be claimed twice
-    (alive,), _ = queue.all()
-    assert alive.state == "RUNNING" and not alive.lease_expired
-    expired = queue.claim(running, lease_s=-1)  # a runner that died: its lease is in the past
-    assert expired is not None
-    (dead,), _ = queue.all()
-    assert dead.lease_expired
+    assert {r.model_id: r.state for r in RequestQueue(store, KEY).all()[0]} == {"org/good": "FINISHED",
+                                                                                "org/broken": "FAILED"}
 
 
 def test_malformed_requests_and_tampered_records_are_rejected(tmp_path, capsys, monkeypatch):
@@ -272,8 +259,8 @@ def test_malformed_requests_and_tampered_records_are_rejected(tmp_path, capsys, 
     from robust_hub.leaderboard.results import sign
     store.create(f"results/{request_id('org/a', SHA)}/moved.json", sign(misfiled, request_id("org/a", SHA), KEY))
     store.create("results/org--e--" + "e" * 40 + "/junk.json", b"{not json")
-    store.create(f"requests/org--f--{'f' * 40}/0000-PENDING.json", json.dumps({"model_id": "../f"}).encode())
-    store.create(f"requests/org--g--{'1' * 40}/0000-PENDING.json", b"\xff\xfe")
+    store.create(f"requests/org--f--{'f' * 40}/0000.json", json.dumps({"model_id": "../f", "state": "PENDING"}).encode())
+    store.create(f"requests/org--g--{'1' * 40}/0000.json", b"\xff\xfe")
 
     monkeypatch.setenv("ROBUST_HUB_LEADERBOARD_KEY", KEY.decode())
     assert main(["leaderboard", "build", "--store", str(store.root), "--site", str(tmp_path / "site")]) == 0
@@ -337,8 +324,8 @@ def test_hub_dataset_store_holds_the_queue_and_results(hub, tmp_path):
     run_queue(store, KEY, fast_settings(), tmp_path / "work")
     files = hub.files_at("board/lb", repo_type="dataset")
     rid = request_id("org/onhub", commit)
-    assert {f"requests/{rid}/0000-PENDING.json", f"requests/{rid}/0001-RUNNING.json",
-            f"requests/{rid}/0002-FINISHED.json"} <= set(files)
+    assert {f"requests/{rid}/{seq:04d}.json" for seq in range(4)} <= set(files)
+    assert history(store, rid) == ["PENDING", "RUNNING", "RUNNING", "FINISHED"]
     board = build_board(store, KEY, hub.url)
     (row,) = board.tables[0].rows
     assert row.model_id == "org/onhub" and row.commit == commit and row.rank == 1

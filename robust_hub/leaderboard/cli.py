@@ -62,7 +62,10 @@ def add_leaderboard_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--c10c-generate", action="store_true")
     run.add_argument("--c10c-n-per-severity", type=int, default=None)
     run.add_argument("--device", default="auto")
-    run.add_argument("--reclaim", action="store_true", help="also take RUNNING requests whose runner is known dead")
+    run.add_argument("--reclaim", action="store_true", help="also take RUNNING requests whose runner ran on this host "
+                     "and has exited, without waiting for its lease to run out")
+    run.add_argument("--lease", type=float, default=None, help="seconds a runner holds a request without renewing "
+                     "(renewed every third of it while evaluating; default 1800)")
 
 
 def _settings(args: argparse.Namespace):
@@ -83,6 +86,12 @@ def _settings(args: argparse.Namespace):
     return EvalSettings(args.protocols, args.dataset, args.metrics, eps, options)
 
 
+def _positive(value: float, flag: str) -> float:
+    if not value > 0 or value == float("inf"):
+        raise RobustHubError(f"{flag} must be a positive number of seconds (got {value})")
+    return value
+
+
 def run_leaderboard_command(args: argparse.Namespace) -> int:
     from robust_hub.leaderboard.render import build_site, check_site
     from robust_hub.leaderboard.results import load_key
@@ -93,13 +102,17 @@ def run_leaderboard_command(args: argparse.Namespace) -> int:
     status = 0
     if args.action == "run":
         settings = _settings(args)
-        summary = run_queue(store, load_key(args.key_file, create=True), settings, args.work_dir, reclaim=args.reclaim)
+        lease = {} if args.lease is None else {"lease_s": _positive(args.lease, "--lease")}
+        summary = run_queue(store, load_key(args.key_file, create=True), settings, args.work_dir, reclaim=args.reclaim,
+                            **lease)
         for rid in summary.finished:
             print(f"FINISHED {rid}")
         for rid, reason in summary.failed.items():
             print(f"FAILED {rid}: {reason}")
         for rid, reason in summary.retry.items():
             print(f"PENDING again (crashed, will be retried) {rid}: {reason}")
+        for rid in summary.lost:
+            print(f"taken over by another runner while evaluating {rid}: its outcome here was dropped")
         status = 1 if summary.retry else 0
     board = build_site(store, load_key(args.key_file), args.site, overwrite=args.overwrite)
     for path, reason in board.rejected.items():

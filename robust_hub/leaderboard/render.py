@@ -9,11 +9,14 @@ with their reasons, so tampering is visible rather than silently dropped.
 from __future__ import annotations
 
 import hashlib
+import html
 import json
+import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from robust_hub.leaderboard.requests import RequestQueue
 from robust_hub.leaderboard.results import load_results
@@ -76,7 +79,8 @@ def _task(record: dict) -> tuple[tuple, str, str]:
 
 def build_board(store: Store, key: bytes, endpoint: str) -> Board:
     results, rejected = load_results(store, key)
-    requests, malformed = RequestQueue(store).all()
+    requests, ignored_events = RequestQueue(store, key).all()
+    rejected.update(ignored_events)
     tables: dict[tuple, Table] = {}
     for result in results:
         r = result.record
@@ -95,10 +99,8 @@ def build_board(store: Store, key: bytes, endpoint: str) -> Board:
         table.rows = ranked + sorted((row for row in table.rows if row.unranked_because), key=lambda row: row.model_id)
     claims = [{"model_id": q.model_id, "commit": q.commit, **claim}
               for q in requests if q.state == "FINISHED" for claim in q.event.get("self_reported", [])]
-    listed = [{"id": q.id, "model_id": q.model_id, "commit": q.commit, "state": q.state,
-               "reason": q.event.get("reason") or q.event.get("last_error") or ""} for q in requests]
-    listed += [{"id": rid, "model_id": "", "commit": "", "state": "MALFORMED", "reason": reason}
-               for rid, reason in malformed.items()]
+    listed = [{"id": q.id, "model_id": q.model_id, "commit": q.commit, "state": q.state, "reason": q.reason}
+              for q in requests]
     return Board(sorted(tables.values(), key=lambda t: t.title), claims, sorted(listed, key=lambda q: q["id"]),
                  rejected, endpoint.rstrip("/"), datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
@@ -115,28 +117,34 @@ def render_html(board: Board) -> str:
     return env.from_string(TEMPLATE.read_text(encoding="utf-8")).render(board=board)
 
 
-def render_markdown(board: Board) -> str:
-    def cell(text: str) -> str:
-        return str(text).replace("|", "\\|").replace("\n", " ")
+MARKDOWN_SYNTAX = re.compile(r"([\\`*_{}\[\]()#+!|~])")
 
+
+def cell(text: Any) -> str:
+    """A store string as Markdown text: HTML escaped as the page does, Markdown syntax and line breaks disarmed."""
+    return MARKDOWN_SYNTAX.sub(r"\\\1", html.escape(" ".join(str(text).split())))
+
+
+def render_markdown(board: Board) -> str:
     out = ["# robust-hub leaderboard", "",
            f"Verified by the leaderboard's own runs; built {board.built_at}. Scores in %. "
            "Unranked rows have scores the leaderboard cannot trust (reasons given).", ""]
     for table in board.tables:
-        out += [f"## {table.title}", "", f"{table.subtitle}", "",
+        out += [f"## {cell(table.title)}", "", cell(table.subtitle), "",
                 "| rank | model | commit | clean | PGD-20 | AutoAttack | CIFAR-10-C | flags |",
                 "|---|---|---|---|---|---|---|---|"]
         for row in table.rows:
             rank = str(row.rank) if row.rank else "unranked (" + ", ".join(row.unranked_because) + ")"
-            link = f"[{cell(row.model_id)}]({board.endpoint}/{row.model_id})"
-            commit = f"[{row.commit[:7]}]({board.endpoint}/{row.model_id}/commit/{row.commit})"
+            url = f"{board.endpoint}/{quote(row.model_id)}"
+            link = f"[{cell(row.model_id)}]({url})"
+            commit = f"[{cell(row.commit[:7])}]({url}/commit/{quote(row.commit)})"
             out.append(f"| {cell(rank)} | {link} | {commit} | {_pct(row.clean)} | {_pct(row.pgd20)} | "
                        f"{_pct(row.autoattack)} | {_pct(row.c10c)} | {cell(', '.join(row.flags) or '-')} |")
         out.append("")
     if board.self_reported:
         out += ["## Self-reported (from model cards, not verified)", "", "| model | commit | metric | dataset | value |",
                 "|---|---|---|---|---|"]
-        out += [f"| {cell(c['model_id'])} | {c['commit'][:7]} | {cell(c['metric'])} | {cell(c['dataset'])} | "
+        out += [f"| {cell(c['model_id'])} | {cell(c['commit'][:7])} | {cell(c['metric'])} | {cell(c['dataset'])} | "
                 f"{c['value']:g} |" for c in board.self_reported]
         out.append("")
     return "\n".join(out)

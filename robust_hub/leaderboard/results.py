@@ -1,16 +1,14 @@
 """Results the leaderboard computed itself: evaluation records signed by its runner, and checked on every read.
 
 A result file is ``results/REQUEST_ID/RECORD.json`` holding the evaluation record, the request it answers and an
-HMAC-SHA256 over both with the leaderboard's secret key. Anyone can write to a shared store, so nothing read back
-is trusted until (1) the signature matches, (2) the record passes the evaluation schema, and (3) it evaluates the
-model and commit its request names. A file failing any of these is rejected with the reason, never shown.
+HMAC-SHA256 over both with the leaderboard's secret key (signing.py). Anyone can write to a shared store, so nothing
+read back is trusted until (1) it is strict JSON and the signature matches, (2) the record passes the evaluation
+schema, (3) it evaluates the model and commit its request names, and (4) it is filed at the one path that result of
+that request has. A file failing any of these is rejected with the reason, never shown.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import json
 import os
 import secrets
 from dataclasses import dataclass
@@ -19,10 +17,10 @@ from typing import Any
 
 from robust_hub.errors import RobustHubError
 from robust_hub.evaluation.records import EvalRecord
+from robust_hub.leaderboard import signing
 from robust_hub.leaderboard.requests import request_id
 from robust_hub.leaderboard.store import Store
 
-SIGNER = "robust-hub leaderboard"
 KEY_ENV = "ROBUST_HUB_LEADERBOARD_KEY"
 
 
@@ -51,14 +49,18 @@ def load_key(key_file: str | os.PathLike | None = None, *, create: bool = False)
     return key
 
 
-def _canonical(payload: dict) -> bytes:
-    return json.dumps(payload, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
+def result_path(record: dict, request: str) -> str:
+    """Where the result of ``record`` for ``request`` lives: one file per request and result key, so at most one."""
+    from robust_hub.evaluation.records import record_filename, record_key
+
+    key = record_key(record["model"]["id"], record["model"]["revision"], record["protocol"]["name"],
+                     record["dataset"]["source"], record["metric_set"], record["threat"]["norm"],
+                     record["threat"]["eps"])
+    return f"results/{request}/{record_filename(key)}"
 
 
 def sign(record: dict, request: str, key: bytes) -> bytes:
-    body = {"record": record, "request_id": request, "signed_by": SIGNER}
-    signature = hmac.new(key, _canonical(body), hashlib.sha256).hexdigest()
-    return json.dumps({**body, "signature": signature}, indent=2, sort_keys=True).encode()
+    return signing.sign({"record": record, "request_id": request}, key)
 
 
 @dataclass(frozen=True)
@@ -70,24 +72,23 @@ class VerifiedResult:
 
 def check_result(data: bytes, path: str, key: bytes | None) -> VerifiedResult:
     """Parse and verify a result file; RobustHubError naming the first thing that is wrong."""
-    try:
-        payload = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise RobustHubError(f"not valid JSON ({error})") from None
+    payload = signing.parse_json(data)
     if not isinstance(payload, dict) or set(payload) != {"record", "request_id", "signed_by", "signature"}:
         raise RobustHubError("not a signed leaderboard result (fields record, request_id, signed_by, signature)")
     if key is not None:
-        body = {k: payload[k] for k in ("record", "request_id", "signed_by")}
-        expected = hmac.new(key, _canonical(body), hashlib.sha256).hexdigest()
-        if not isinstance(payload["signature"], str) or not hmac.compare_digest(expected, payload["signature"]):
-            raise RobustHubError("signature mismatch: the record was changed after the leaderboard wrote it, "
-                                 "or it was not written by this leaderboard")
-    record = EvalRecord.from_dict(payload["record"]).to_dict()
+        signing.verified(payload, key)
+    try:
+        record = EvalRecord.from_dict(payload["record"]).to_dict()
+    except (TypeError, ValueError) as error:  # a shape the schema's checks did not expect
+        raise RobustHubError(f"invalid result record ({type(error).__name__}: {error})") from None
     rid = payload["request_id"]
-    folder = path.split("/")[1] if path.count("/") >= 2 else None
-    if rid != folder or rid != request_id(record["model"]["id"], record["model"]["revision"]):
+    if not isinstance(rid, str) or rid != request_id(record["model"]["id"], record["model"]["revision"]):
         raise RobustHubError(f"the record evaluates {record['model']['id']}@{record['model']['revision'][:12]}, "
-                             f"not what request {folder} names")
+                             f"not what request {rid!r} names")
+    # the file's place is part of what it claims: a copy under another name or another request's folder would
+    # otherwise be a second row, or a row of the wrong request
+    if path != result_path(record, rid):
+        raise RobustHubError(f"a result of request {rid} belongs at {result_path(record, rid)}, not here")
     return VerifiedResult(record, rid, path)
 
 

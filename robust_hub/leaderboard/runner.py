@@ -4,22 +4,26 @@ A submission is untrusted input. Its id is validated, its revision resolved to a
 that reads that commit only), and its files are checked before anything is downloaded: safetensors weights,
 no remote code. The evaluation itself loads safetensors only and never runs remote code (evaluation.loading).
 A model the suite refuses ends FAILED with the suite's one-line reason; anything else going wrong (a bug, the
-machine) puts the request back to PENDING so the next run retries it, and a runner killed outright leaves a
-RUNNING lease that expires.
+machine) puts the request back to PENDING so the next run retries it, up to ``MAX_TRIES`` tries in all, after which
+it ends FAILED. A runner keeps its lease while it evaluates; one killed outright stops renewing it, and the request
+is taken again when the lease runs out (at once with ``--reclaim`` on the same host).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import shutil
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from robust_hub.errors import RobustHubError
-from robust_hub.leaderboard.requests import DEFAULT_LEASE_S, Request, RequestQueue, request_id, validate_model_id
-from robust_hub.leaderboard.results import check_result, sign
+from robust_hub.leaderboard.requests import (DEFAULT_LEASE_S, MAX_TRIES, Request, RequestQueue, request_id,
+                                             validate_model_id)
+from robust_hub.leaderboard.results import check_result, result_path, sign
 from robust_hub.leaderboard.store import Store
 
 log = logging.getLogger(__name__)
@@ -96,78 +100,154 @@ class RunSummary:
     finished: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
     retry: dict[str, str] = field(default_factory=dict)
+    lost: list[str] = field(default_factory=list)  # another runner took over while this one evaluated
 
 
 def _self_reported(model_id: str, commit: str) -> list[dict]:
     """What the model's own card claims (model-index), kept apart and shown as self-reported."""
     from huggingface_hub import ModelCard, hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError
 
     try:
         path = _hub_call(model_id, commit, lambda: hf_hub_download(model_id, "README.md", revision=commit))
-    except (EntryNotFoundError, RobustHubError) as error:  # no card, or none readable: nothing claimed
+        card = ModelCard.load(path, ignore_metadata_errors=True)
+        results = card.data.eval_results or []
+    except Exception as error:  # no card, or an untrusted card that is anything at all: nothing claimed
         log.info("no self-reported results for %s: %s", model_id, error)
         return []
-    try:
-        card = ModelCard.load(path, ignore_metadata_errors=True)
-    except (ValueError, UnicodeDecodeError) as error:  # an untrusted card's front matter may be anything
-        log.info("unreadable card for %s: %s", model_id, error)
-        return []
     out = []
-    for r in card.data.eval_results or []:
-        if isinstance(r.metric_value, (int, float)) and not isinstance(r.metric_value, bool):
-            out.append({"task": r.task_name or r.task_type, "dataset": r.dataset_name or r.dataset_type,
-                        "metric": r.metric_name or r.metric_type, "value": float(r.metric_value)})
+    for r in results:
+        if isinstance(r.metric_value, (int, float)) and not isinstance(r.metric_value, bool) \
+                and math.isfinite(r.metric_value):
+            out.append({"task": str(r.task_name or r.task_type), "dataset": str(r.dataset_name or r.dataset_type),
+                        "metric": str(r.metric_name or r.metric_type), "value": float(r.metric_value)})
     return out
 
 
+class Lease:
+    """A claimed request, kept: a background thread renews the lease every third of it while the evaluation runs.
+
+    Renewing appends a RUNNING event; when that slot is taken by another runner's verified event, the lease is
+    lost and this runner writes nothing more for the request.
+    """
+
+    def __init__(self, queue: RequestQueue, request: Request, lease_s: float):
+        self.queue, self.request, self.lease_s, self.lost = queue, request, lease_s, False
+        self._lock, self._stop = threading.Lock(), threading.Event()
+        self._thread = threading.Thread(target=self._keep, name=f"lease {request.id}", daemon=True)
+
+    def __enter__(self) -> "Lease":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _keep(self) -> None:
+        while not self._stop.wait(self.lease_s / 3) and self.renew():
+            pass
+
+    def renew(self) -> bool:
+        """Extend the lease now; False when it is lost. A store that cannot be reached is tried again later."""
+        with self._lock:
+            if not self.lost:
+                try:
+                    renewed = self.queue.renew(self.request, self.lease_s)
+                except Exception as error:  # the store is down for now: the lease still has time left
+                    log.warning("could not renew the lease of %s: %s", self.request.id, error)
+                    return True
+                self.lost = renewed is None
+                self.request = renewed or self.request
+            return not self.lost
+
+    def end(self, state: str, **details) -> bool:
+        """Write the request's outcome; False when the lease was lost (then another runner owns it)."""
+        self.__exit__()
+        with self._lock:
+            if not self.lost:
+                self.lost = self.queue.append(self.request, state, **details) is None
+            return not self.lost
+
+
 def run_queue(store: Store, key: bytes, settings: EvalSettings, work_dir: str | Path, *,
-              lease_s: int = DEFAULT_LEASE_S, reclaim: bool = False) -> RunSummary:
-    """Evaluate every claimable request (PENDING, or RUNNING with an expired lease; all RUNNING with ``reclaim``)."""
-    from robust_hub.evaluation.records import record_filename
+              lease_s: float = DEFAULT_LEASE_S, reclaim: bool = False) -> RunSummary:
+    """Evaluate every claimable request (PENDING, or RUNNING by a runner that is gone; see Request.claimable).
+
+    Whatever goes wrong with one request ends that request, never the queue: the runner goes on with the next.
+    """
+    queue, summary = RequestQueue(store, key), RunSummary()
+    requests, _ = queue.all()
+    for request in requests:
+        try:
+            _take(queue, request, settings, Path(work_dir), lease_s, reclaim, summary)
+        except Exception as error:  # the store itself failing, or a bug here: report, go on
+            summary.retry[request.id] = f"{type(error).__name__}: {error}"
+            log.exception("request %s could not be handled", request.id)
+    return summary
+
+
+def _take(queue: RequestQueue, request: Request, settings: EvalSettings, work_dir: Path, lease_s: float,
+          reclaim: bool, summary: RunSummary) -> None:
+    if request.state == "MALFORMED":
+        if queue.append(request, "FAILED", reason=request.problem):
+            summary.failed[request.id] = request.problem
+        return
+    if not request.claimable(reclaim):
+        return
+    if request.tries >= MAX_TRIES:  # each earlier runner died on it (killed, out of memory): stop trying
+        reason = f"tried {request.tries} times and never finished (last error: {request.reason or 'runner gone'})"
+        if queue.append(request, "FAILED", reason=reason):
+            summary.failed[request.id] = reason
+        return
+    claimed = queue.claim(request, lease_s)
+    if claimed is None:
+        return  # another runner took it
+    log.info("evaluating %s at %s (try %d)", claimed.model_id, claimed.commit, claimed.tries)
+    with Lease(queue, claimed, lease_s) as lease:
+        state, details = _evaluate(queue.store, queue.key, claimed, settings, work_dir / claimed.id, lease)
+        if state is None or not lease.end(state, **details):
+            summary.lost.append(claimed.id)
+            log.warning("request %s was taken over by another runner; its outcome here is dropped", claimed.id)
+        elif state == "FINISHED":
+            summary.finished.append(claimed.id)
+        elif state == "FAILED":
+            summary.failed[claimed.id] = details["reason"]
+        else:
+            summary.retry[claimed.id] = details["last_error"]
+
+
+def _evaluate(store: Store, key: bytes, request: Request, settings: EvalSettings, out: Path,
+              lease: Lease) -> tuple[str | None, dict]:
+    """Run the evaluation and file its results: the outcome event to write (None: the lease was lost)."""
     from robust_hub.evaluation.runner import evaluate
 
-    queue, summary = RequestQueue(store), RunSummary()
-    requests, malformed = queue.all()
-    for rid, reason in malformed.items():
-        if queue.fail_malformed(rid, reason):
-            log.warning("request %s is malformed: %s", rid, reason)
-            summary.failed[rid] = f"malformed request: {reason}"
-    for request in requests:
-        if not (request.state == "PENDING" or (request.state == "RUNNING" and (reclaim or request.lease_expired))):
-            continue
-        claimed = queue.claim(request, lease_s)
-        if claimed is None:
-            continue  # another runner took it
-        log.info("evaluating %s at %s", request.model_id, request.commit)
-        out = Path(work_dir) / request.id
-        try:
-            commit, _ = inspect_model(request.model_id, request.commit)
-            records = evaluate(request.model_id, revision=commit, out_dir=out, protocols=settings.protocols,
-                               dataset=settings.dataset, metrics=settings.metrics, eps=settings.eps,
-                               progress=False, print_table=False, **settings.options)
-            for record in records:
-                if request_id(record["model"]["id"], record["model"]["revision"]) != request.id:
-                    raise RobustHubError(f"the evaluation loaded {record['model']['id']}@{record['model']['revision']}, "
-                                         "not the requested commit")
-            for record in records:
-                path = f"results/{request.id}/{record_filename(tuple(_key(record)))}"
-                if not store.create(path, sign(record, request.id, key), message=f"{request.id}: result"):
-                    _check_existing(store, path, key)  # an earlier try of this request wrote it, or someone else did
-            claimed_reported = _self_reported(request.model_id, commit)
-            queue.transition(claimed, "FINISHED", records=len(records), self_reported=claimed_reported)
-            summary.finished.append(request.id)
-            shutil.rmtree(out, ignore_errors=True)
-        except RobustHubError as error:
-            queue.transition(claimed, "FAILED", reason=str(error))
-            summary.failed[request.id] = str(error)
-            log.warning("request %s FAILED: %s", request.id, error)
-        except Exception as error:  # not the model's fault: leave it for the next run
-            reason = f"{type(error).__name__}: {error}"
-            queue.transition(claimed, "PENDING", last_error=reason)
-            summary.retry[request.id] = reason
-            log.exception("request %s crashed; it is PENDING again", request.id)
-    return summary
+    try:
+        commit, _ = inspect_model(request.model_id, request.commit)
+        records = evaluate(request.model_id, revision=commit, out_dir=out, protocols=settings.protocols,
+                           dataset=settings.dataset, metrics=settings.metrics, eps=settings.eps,
+                           progress=False, print_table=False, **settings.options)
+        for record in records:
+            if request_id(record["model"]["id"], record["model"]["revision"]) != request.id:
+                raise RobustHubError(f"the evaluation loaded {record['model']['id']}@{record['model']['revision']}, "
+                                     "not the requested commit")
+        if not lease.renew():  # only the runner holding the request files its results
+            return None, {}
+        for record in records:
+            path = result_path(record, request.id)
+            if not store.create(path, sign(record, request.id, key), message=f"{request.id}: result"):
+                _check_existing(store, path, key)  # an earlier try of this request wrote it, or someone else did
+        claims = _self_reported(request.model_id, commit)
+        shutil.rmtree(out, ignore_errors=True)
+        return "FINISHED", {"records": len(records), "self_reported": claims}
+    except RobustHubError as error:
+        log.warning("request %s FAILED: %s", request.id, error)
+        return "FAILED", {"reason": str(error)}
+    except Exception as error:  # maybe not the model's fault: try again, a bounded number of times
+        reason = f"{type(error).__name__}: {error}"
+        log.exception("request %s crashed on try %d", request.id, request.tries)
+        if request.tries >= MAX_TRIES:
+            return "FAILED", {"reason": f"crashed on each of {request.tries} tries; last: {reason}"}
+        return "PENDING", {"last_error": reason}
 
 
 def _check_existing(store: Store, path: str, key: bytes) -> None:
@@ -175,11 +255,3 @@ def _check_existing(store: Store, path: str, key: bytes) -> None:
         check_result(store.read(path), path, key)
     except RobustHubError as error:
         raise RobustHubError(f"{path} is already in the store and was not written by this leaderboard ({error})") from None
-
-
-def _key(record: dict) -> tuple:
-    from robust_hub.evaluation.records import record_key
-
-    return record_key(record["model"]["id"], record["model"]["revision"], record["protocol"]["name"],
-                      record["dataset"]["source"], record["metric_set"], record["threat"]["norm"],
-                      record["threat"]["eps"])
