@@ -358,6 +358,7 @@ def test_a_result_file_planted_before_the_run_fails_the_request(hub, tmp_path):
     (["leaderboard", "build", "--store", "hf://datasets/just-a-name", "--site", "SITE"], "hf://datasets/ORG/NAME"),
     (["leaderboard", "build", "--store", "STORE", "--site", "SITE", "--key-file", "NOKEY"], "no leaderboard key"),
     (["leaderboard", "run", "--store", "STORE", "--site", "SITE", "--key-file", "KEY", "--eps", "8/0"], "--eps"),
+    (["leaderboard", "run", "--store", "STORE", "--site", "SITE", "--key-file", "KEY", "--lease", "0"], "--lease"),
     (["submit", "org/x", "--store", "FILE"], "is a file, not a directory"),
 ])
 def test_leaderboard_commands_refuse_bad_arguments_in_one_line(tmp_path, capsys, monkeypatch, argv, why):
