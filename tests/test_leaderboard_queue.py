@@ -137,13 +137,13 @@ def _finish(process):
 
 def test_two_runners_and_a_reclaim_never_fork_a_history(store, tmp_path):
     """Processes: runners A and B race for the queue; C runs with --reclaim once both are evaluating. Each evaluation
-    lasts four leases, so a runner that did not keep its lease would lose its request to C or to the other."""
+    lasts over three leases, so a runner that did not keep its lease would lose its request to C or to the other."""
     queue = RequestQueue(store, KEY)
     rids = [queue.submit(f"org/m{i}", SHAS[i], "main").id for i in range(3)]
     where = str(store.root) if isinstance(store, LocalStore) else f"hf://datasets/{store.repo_id}"
     go_a, go_c = tmp_path / "go-ab", tmp_path / "go-c"
-    a, b = (_start(tmp_path, where, 8, 2, "--wait-for", str(go_a)) for _ in range(2))
-    c = _start(tmp_path, where, 8, 2, "--reclaim", "--wait-for", str(go_c))
+    a, b = (_start(tmp_path, where, 10, 3, "--wait-for", str(go_a)) for _ in range(2))
+    c = _start(tmp_path, where, 10, 3, "--reclaim", "--wait-for", str(go_c))
     go_a.touch()
     _wait_for(lambda: len(_started(tmp_path)) >= 2)
     go_c.touch()
@@ -223,11 +223,11 @@ def test_a_live_runner_keeps_its_lease_through_a_long_evaluation(tmp_path, evalu
 
     def meanwhile(model_id, revision):
         for _ in range(5):
-            time.sleep(1)
+            time.sleep(1.2)
             others.append(run_queue(store, KEY, EvalSettings(), tmp_path / "other", reclaim=True))
 
     evaluations.during.append(meanwhile)
-    summary = run_queue(store, KEY, EvalSettings(), tmp_path / "work", lease_s=1.5)
+    summary = run_queue(store, KEY, EvalSettings(), tmp_path / "work", lease_s=2)
     assert summary.finished == [rid] and len(evaluations.calls) == 1
     assert not any(o.finished or o.failed or o.retry for o in others)
     states = [e["state"] for e in _chain(store, rid)]

@@ -140,6 +140,9 @@ class Lease:
         return self
 
     def __exit__(self, *exc) -> None:
+        self._stop_renewing()
+
+    def _stop_renewing(self) -> None:
         self._stop.set()
         self._thread.join()
 
@@ -162,7 +165,7 @@ class Lease:
 
     def end(self, state: str, **details) -> bool:
         """Write the request's outcome; False when the lease was lost (then another runner owns it)."""
-        self.__exit__()
+        self._stop_renewing()
         with self._lock:
             if not self.lost:
                 self.lost = self.queue.append(self.request, state, **details) is None
@@ -173,7 +176,8 @@ def run_queue(store: Store, key: bytes, settings: EvalSettings, work_dir: str | 
               lease_s: float = DEFAULT_LEASE_S, reclaim: bool = False) -> RunSummary:
     """Evaluate every claimable request (PENDING, or RUNNING by a runner that is gone; see Request.claimable).
 
-    Whatever goes wrong with one request ends that request, never the queue: the runner goes on with the next.
+    One request going wrong never stops the queue: its error ends it (FAILED, or PENDING for another of its
+    ``MAX_TRIES`` tries) and the runner goes on with the next; an error of the store itself is reported in ``retry``.
     """
     queue, summary = RequestQueue(store, key), RunSummary()
     requests, _ = queue.all()
