@@ -13,7 +13,6 @@ import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from robust_hub.errors import RobustHubError
 from robust_hub.evaluation.records import EvalRecord
