@@ -215,15 +215,18 @@ def _training_values(config: dict) -> dict[str, Any]:
     rc = _run_config(recipe)
     data = training.get("data") or {}
     source = (recipe.get("data") or {}).get("source") or data.get("source")
+    run = training.get("run") or {}
     values: dict[str, Any] = dict(
         trained=bool(recipe), recipe_rows=_recipe_rows(recipe), data_source=public_name(source),
         data_fingerprint=data.get("fingerprint") or "not recorded", run_did=what_the_run_did(training),
         hardware=training.get("hardware") or "not recorded", wall_time=training.get("wall_time") or "not recorded",
+        run_short=(f"{run['images_seen']} images seen in {run['epochs']} epoch(s), from a training set of "
+                   f"{run['train_images']}") if run else None,
         seeds=training.get("seeds"), final_loss=(f"{training['epoch_losses'][-1]:.4f}"
                                                  if training.get("epoch_losses") else "not recorded"),
         method=(recipe.get("method") or {}).get("name"), rc=None,
-        epochs=(training.get("run") or {}).get("epochs", (recipe.get("train") or {}).get("epochs")),
-        parameters=f"{run['parameters'] / 1e6:.2f}M" if (run := training.get("run") or {}).get("parameters") else None)
+        epochs=run.get("epochs", (recipe.get("train") or {}).get("epochs")),
+        parameters=f"{run['parameters'] / 1e6:.2f}M" if run.get("parameters") else None)
     if rc is not None:
         t, a = rc.train, rc.attack
         values.update(

@@ -24,6 +24,7 @@ from robust_hub.leaderboard.render import build_site
 from robust_hub.leaderboard.requests import request_id
 from robust_hub.leaderboard.results import KEY_ENV, sign
 from robust_hub.leaderboard.store import LocalStore
+from robust_hub.model_card import CardInputs, render
 from robust_hub.training.loop import pretrain
 
 from leaderboard_helpers import KEY, file_result, push_tiny, record
@@ -195,3 +196,7 @@ def test_a_shortened_training_run_card_says_what_the_run_did_and_no_local_path(t
     config_json = json.loads((out / "model" / "config.json").read_text())
     run = config_json["robust_hub"]["training"]["run"]
     assert (run["steps"], run["images_seen"], run["epochs"]) == (4, 128, 2)
+    # a local copy of the data (as ../shared/data/cifar10 would be) is named by its folder, on every card
+    config_json["robust_hub"]["training"]["config"]["data"]["source"] = str(tmp_path / "data" / "cifar10")
+    card = render(CardInputs(config_json))
+    assert str(tmp_path) not in card and "`cifar10 (local)`" in card
