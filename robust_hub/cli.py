@@ -92,7 +92,8 @@ def run_inspect_command(args: argparse.Namespace) -> int:
 
 
 def add_card_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", help="a saved robust-hub model directory (with README.md)")
+    parser.add_argument("model", help="a saved robust-hub model directory; its README.md, if any, must be a card "
+                        "robust-hub wrote")
     parser.add_argument("--results", required=True, help="the --out directory of `robust-hub eval`")
 
 

@@ -8,6 +8,8 @@ permission, Hub unreachable, offline mode) become one-line ``RobustHubError``s.
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 from pathlib import Path
 
 from robust_hub.errors import RobustHubError
@@ -31,13 +33,32 @@ def validate_model_dir(model_dir: str | Path) -> dict:
     return from_pretrained(path).hub_config
 
 
+def files_to_upload(model_dir: Path) -> list[Path]:
+    """The regular files of ``model_dir`` a push uploads; a symbolic link anywhere inside is refused, never followed
+    (it could point at any file of this machine)."""
+    out = []
+    for root, dirs, files in os.walk(model_dir):
+        for name in sorted(dirs + files):
+            path = Path(root) / name
+            if path.is_symlink():
+                raise RobustHubError(f"{path} is a symbolic link; push uploads only the regular files inside "
+                                     f"{model_dir}: replace the link by the file or remove it")
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        out += [Path(root) / f for f in files if (Path(root) / f).is_file()]
+    return [p for p in sorted(out) if not any(part.startswith(".") for part in p.relative_to(model_dir).parts)
+            and p.name != "README.md" and not any(p.match(pattern) for pattern in PICKLE_PATTERNS)]
+
+
 def push_to_hub(model_dir: str | Path, repo_id: str, *, revision: str | None = None, private: bool = False,
-                commit_message: str | None = None, token: str | None = None, results: list[str] = ()) -> str:
+                commit_message: str | None = None, token: str | None = None, results: list[str] = (),
+                key_file: str | None = None) -> str:
     """Upload a saved robust-hub model directory to ``repo_id`` (created if needed); return the commit sha.
 
-    The model card is rendered from ``model_cards/published.md`` with the results already in the repo plus
-    those found in ``results`` (``robust-hub eval --out`` directories or leaderboard stores); see
-    :mod:`robust_hub.publishing`. ``revision`` is a branch, created from ``main`` when it does not exist yet.
+    The card is the one card (:mod:`robust_hub.model_card`) with the results already in the repo plus those found
+    in ``results`` (``robust-hub eval --out`` directories, or leaderboard stores whose results are verified with
+    the leaderboard's key from ``key_file``, ``$ROBUST_HUB_LEADERBOARD_KEY`` or the default key file; refused
+    ones are warned about and left out); see :mod:`robust_hub.publishing`. ``revision`` is a branch, created
+    from ``main`` when it does not exist yet.
     ``token`` defaults to the usual huggingface_hub token (``HF_TOKEN`` or ``hf auth login``).
     """
     if repo_id.count("/") != 1 or repo_id.startswith(("/", ".")) or repo_id.endswith("/"):
@@ -45,7 +66,16 @@ def push_to_hub(model_dir: str | Path, repo_id: str, *, revision: str | None = N
     from robust_hub.models.hub import check_repo_id
 
     check_repo_id(repo_id)
+    if Path(model_dir).is_dir():
+        files_to_upload(Path(model_dir))  # before anything reads a file through a link
     config = validate_model_dir(model_dir)
+    from robust_hub.publishing import is_store
+
+    key = None
+    if any(is_store(source) for source in results):  # read before anything is uploaded
+        from robust_hub.leaderboard.results import load_key
+
+        key = load_key(key_file)
 
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled, RepositoryNotFoundError, RevisionNotFoundError
@@ -56,7 +86,7 @@ def push_to_hub(model_dir: str | Path, repo_id: str, *, revision: str | None = N
         api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
         if revision is not None and revision != "main":
             api.create_branch(repo_id, branch=revision, repo_type="model", exist_ok=True)
-        return _push(api, Path(model_dir), repo_id, config, revision, list(results),
+        return _push(api, Path(model_dir), repo_id, config, revision, list(results), key,
                      commit_message or f"Upload {config['architecture']} with robust-hub")
     except OfflineModeIsEnabled:
         raise RobustHubError("cannot push while HF_HUB_OFFLINE is set; unset it to reach the Hub") from None
@@ -72,16 +102,16 @@ def push_to_hub(model_dir: str | Path, repo_id: str, *, revision: str | None = N
 
 
 def _push(api, model_dir: Path, repo_id: str, config: dict, revision: str | None, results: list[str],
-          message: str) -> str:
+          key: bytes | None, message: str) -> str:
     """One commit with the weights and the card; two when local results must be pinned to the weights' commit."""
     from huggingface_hub import CommitOperationAdd
 
     from robust_hub.publishing import card_operations, collect_results
 
-    local, leaderboard = collect_results(model_dir, repo_id, results)
-    files = [CommitOperationAdd(str(p.relative_to(model_dir)), str(p)) for p in sorted(model_dir.rglob("*"))
-             if p.is_file() and not any(part.startswith(".") for part in p.relative_to(model_dir).parts)
-             and not p.match("README.md") and not any(p.match(pattern) for pattern in PICKLE_PATTERNS)]
+    local, leaderboard, refused = collect_results(model_dir, repo_id, results, key)
+    for path, reason in refused.items():
+        print(f"warning: not published: {path}: {reason}", file=sys.stderr)
+    files = [CommitOperationAdd(str(p.relative_to(model_dir)), str(p)) for p in files_to_upload(model_dir)]
     head = api.model_info(repo_id, revision=revision).sha
     if local:  # pin them to the commit that uploads the weights they evaluated
         head = api.create_commit(repo_id, operations=files, revision=revision, parent_commit=head,
@@ -109,14 +139,16 @@ def add_push_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--message", default=None, help="commit message")
     parser.add_argument("--results", action="append", default=[], metavar="DIR_OR_STORE",
                         help="put these results in the card: a `robust-hub eval --out` directory (records of these "
-                             "weights) or a leaderboard store (its results for this repo); repeatable")
+                             "weights) or a leaderboard store (its verified results for this repo); repeatable")
+    parser.add_argument("--key-file", default=None, help="the leaderboard's key, to verify a store's results "
+                        "(default $ROBUST_HUB_LEADERBOARD_KEY, else ~/.config/robust-hub/leaderboard.key)")
 
 
 def run_push_command(args: argparse.Namespace) -> int:
     from huggingface_hub import constants
 
     sha = push_to_hub(args.model_dir, args.repo_id, revision=args.revision, private=args.private,
-                      commit_message=args.message, results=args.results)
+                      commit_message=args.message, results=args.results, key_file=args.key_file)
     print(f"pushed {args.model_dir} to {constants.ENDPOINT}/{args.repo_id}/commit/{sha}")
     print(sha)
     return 0

@@ -89,7 +89,7 @@ CASES = {
     # card
     "card missing results": (["card", "model", "--results", "no-results"], "does not exist"),
     "card results is a file": (["card", "model", "--results", "afile"], "does not exist"),
-    "card not a model": (["card", "mine", "--results", "mine"], "needs README.md"),
+    "card not a model": (["card", "mine", "--results", "mine"], "needs config.json"),
     # postprocess (DynACL++): checked before the model is loaded
     "postprocess out is a file": (["postprocess", "model", "--out", "afile"], "is a file"),
     "postprocess out under a file": (["postprocess", "model", "--out", "afile/pp", "--dataset", "embedded:digits"],

@@ -164,7 +164,9 @@ def test_round_trip_push_load_submit_run_page_and_model_index(hub, tmp_path, cap
     assert f"[org/robust]({hub.url}/org/robust)" in (site / "leaderboard.md").read_text()
 
     # the owner pushes again with the leaderboard's results: they reach the model-index, pinned to `commit`
-    second = push_to_hub(str(model_dir), "org/robust", results=[str(store_dir)])
+    key_file = tmp_path / "leaderboard.key"
+    key_file.write_bytes(KEY)
+    second = push_to_hub(str(model_dir), "org/robust", results=[str(store_dir)], key_file=str(key_file))
     assert second != commit
     card = ModelCard.load("org/robust")
     index = card.data.to_dict()["model-index"][0]["results"]
@@ -175,7 +177,8 @@ def test_round_trip_push_load_submit_run_page_and_model_index(hub, tmp_path, cap
     files = hub.files_at("org/robust")
     (yaml_name,) = [f for f in files if f.startswith(".eval_results/")]
     entries = yaml.safe_load(files[yaml_name])
-    assert {e["dataset"]["task_id"]: e["value"] for e in entries}["slf-autoattack-linf-8-255"] == aa
+    # AutoAttack ran on 8 of the 16 test images and SLF for 1 epoch: the task id says so
+    assert {e["dataset"]["task_id"]: e["value"] for e in entries}["slf-autoattack-linf-8-255-subset-test16-aa8-epochs1"] == aa
     assert commit in entries[0]["notes"]
 
 

@@ -52,6 +52,11 @@ class SplitData:
     source: str
     split: str
     fingerprint: str
+    full_size: int | None = None  # images in the whole split, when this is its first ``len(images)``
+
+    @property
+    def whole_size(self) -> int:
+        return self.full_size or len(self.images)
 
     @classmethod
     def from_dataset(cls, ds: Any, split: str | None = None) -> "SplitData":
@@ -69,7 +74,8 @@ class SplitData:
     def head(self, n: int | None) -> "SplitData":
         if n is None or n >= len(self.images):
             return self
-        return SplitData(self.images[:n], self.labels[:n], self.num_classes, self.source, self.split, self.fingerprint)
+        return SplitData(self.images[:n], self.labels[:n], self.num_classes, self.source, self.split, self.fingerprint,
+                         self.whole_size)
 
 
 def _sha(*tensors: torch.Tensor) -> str:
@@ -297,7 +303,8 @@ def _evaluate_protocol(backbone: EvalBackbone, cfg: ProtocolConfig, train: Split
                        opts: EvalOptions, out: Path, load_time: float) -> EvalRecord:
     info = backbone.info
     key = record_key(info.id, info.revision, cfg.name, test.source, list(opts.metrics), opts.norm, opts.eps)
-    settings = {**cfg.to_dict(), "eval": _eval_settings(opts)}
+    settings = {**cfg.to_dict(), "eval": {**_eval_settings(opts),
+                                          "full_sizes": {"train": train.whole_size, "test": test.whole_size}}}
     dataset = DatasetSection(test.source, test.split, test.fingerprint, num_classes, train.split, train.fingerprint,
                              len(train.images), len(test.images))
     seeds = {"finetune": opts.seed, "attack": opts.seed}

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from robust_hub.evaluation.measured_on import measured_on
 from robust_hub.leaderboard.requests import RequestQueue
 from robust_hub.leaderboard.results import load_results
 from robust_hub.leaderboard.store import Store
@@ -71,9 +72,11 @@ def _task(record: dict) -> tuple[tuple, str, str]:
     budget.update(n_train=dataset["n_train"], n_test=dataset["n_test"], test_fingerprint=dataset["fingerprint"])
     digest = hashlib.sha256(json.dumps(budget, sort_keys=True, default=str).encode()).hexdigest()[:8]
     name = record["protocol"]["name"]
-    title = f"{PROTOCOL_TITLES.get(name, name)} · {Path(dataset['source']).name} · {_threat(record)}"
+    scope = measured_on(record)  # the same label the model card and model-index carry
+    title = (f"{PROTOCOL_TITLES.get(name, name)} · {Path(dataset['source']).name} · {_threat(record)}"
+             + ("" if scope.benchmark else " · subset or shortened protocol, not the benchmark's numbers"))
     subtitle = (f"{dataset['n_train']} finetuning images, {dataset['n_test']} test images, "
-                f"epochs {settings.get('epochs', '?')}; settings {digest}")
+                f"epochs {settings.get('epochs', '?')}; settings {digest}; measured on {scope.text()}")
     return (name, dataset["source"], record["threat"]["norm"], record["threat"]["eps"], digest), title, subtitle
 
 

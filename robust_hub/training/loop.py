@@ -28,7 +28,10 @@ from robust_hub.io import write_bytes_atomic, write_json_atomic, write_marker, w
 from robust_hub.models import RobustBackbone, create_backbone, list_backbones
 from robust_hub.provenance import environment
 from robust_hub.training.batches import epoch_batches
-from robust_hub.training.card import loss_curve_png, render_backbone_card
+from robust_hub import model_card
+from robust_hub.model_card import public_name
+from robust_hub.models.hub import build_config
+from robust_hub.training.card import loss_curve_png
 from robust_hub.training.fast import DeviceLosses, FastPath
 from robust_hub.training.methods import METHODS, LossTerms
 from robust_hub.training.optim import build_optimizer, build_scheduler
@@ -391,30 +394,38 @@ class _Trainer:
         acc.wait_for_everyone()
         return path
 
+    def what_it_did(self) -> dict[str, Any]:
+        """What the run actually trained on, for the card: a capped or coreset epoch sees fewer images."""
+        p, t = self.progress, self.config.train
+        sizes = [record["size"] for record in self.coreset.history]
+        return {"epochs": p.epoch, "steps": p.global_step, "batch_size": t.batch_size,
+                "images_seen": p.global_step * t.batch_size, "train_images": len(self.train_set),
+                "val_images": self.num_val_images, "max_steps_per_epoch": t.max_steps_per_epoch or None,
+                "coreset_selections": len(sizes), "coreset_sizes": sizes,
+                "parameters": sum(q.numel() for q in self.raw_model.parameters())}
+
     def save_model(self) -> Path:
         acc, model_dir = self.accelerator, self.out / "model"
         acc.wait_for_everyone()
         if acc.is_main_process:
             env = environment(seeds={"seed": self.config.train.seed})
-            facts = {
-                "num_train_images": len(self.train_set), "num_val_images": self.num_val_images,
-                "final_loss": f"{self.progress.losses[-1]:.4f}" if self.progress.losses else "n/a",
-                "wall_time": f"{time.time() - self.started:.0f} s (this process)",
-                "hardware": _describe_hardware(env["hardware"], acc), "versions": env["versions"],
-            }
+            p = self.progress
             metadata = {"training": {"config": self.config.to_dict(), "seeds": env["seeds"],
-                                     "versions": env["versions"], "epoch_losses": self.progress.losses,
+                                     "versions": env["versions"], "epoch_losses": p.losses,
                                      "num_processes": acc.num_processes, "mixed_precision": acc.mixed_precision,
-                                     "hardware": facts["hardware"], "wall_time": facts["wall_time"],
+                                     "hardware": _describe_hardware(env["hardware"], acc),
+                                     "wall_time": f"{time.time() - self.started:.0f} s (this process)",
                                      "data": {"source": self.config.data.source, "images": len(self.train_set),
-                                              "fingerprint": getattr(self.train_set, "fingerprint", None)}}}
-            plot = loss_curve_png(self.progress.losses, f"{self.method.label} on {self.config.data.source}")
-            facts["loss_plot"] = "training_loss.png"
-            extra_files = {"training_loss.png": plot}
+                                              "fingerprint": getattr(self.train_set, "fingerprint", None)},
+                                     "run": self.what_it_did()}}
+            extra_files = {"training_loss.png": loss_curve_png(p.losses, f"{self.method.label} on "
+                                                                          f"{public_name(self.config.data.source)}")}
             if self.coreset.history:
                 metadata["training"]["coreset_selections"] = self.coreset.history
-                facts["coreset_plot"], extra_files["coreset_selections.png"] = "coreset_selections.png", self._selections_plot()
-            card = render_backbone_card(self.raw_model, self.config, facts)
+                extra_files["coreset_selections.png"] = self._selections_plot()
+            card = model_card.render(model_card.CardInputs(
+                build_config(self.raw_model, metadata),
+                training_plots=[(n, c) for n, c in model_card.TRAINING_PLOTS if n in extra_files]))
             self.raw_model.save_pretrained(str(model_dir), metadata=metadata, model_card=card,
                                            extra_files=extra_files)
             log.info("model written to %s", model_dir)

@@ -24,14 +24,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from huggingface_hub import ModelCard, ModelCardData
 from tqdm.auto import tqdm
 
 from robust_hub.errors import RobustHubError
 from robust_hub.evaluation.protocols import default_protocol_config, finetune
 from robust_hub.models import RobustBackbone
 from robust_hub.provenance import environment
-from robust_hub.training.card import template_path
 
 log = logging.getLogger("robust_hub.postprocess")
 
@@ -97,28 +95,16 @@ def postprocess(model: RobustBackbone, source_id: str, images: torch.Tensor, cfg
     record = {"source_model": source_id, "method": "DynACL++", "settings": dataclasses.asdict(cfg), "clusters": k,
               "cluster_sizes": torch.bincount(labels, minlength=k).tolist(), "num_images": len(images),
               "linear_protocol": linear.to_dict(), "trades_protocol": trades.to_dict(),
-              "kmeans": "scikit-learn KMeans (k-means++, n_init=10) on CPU", "wall_time_s": round(time.time() - started, 1)}
+              "kmeans": "scikit-learn KMeans (k-means++, n_init=10) on CPU", "wall_time_s": round(time.time() - started, 1),
+              "versions": environment(seeds={"seed": cfg.seed})["versions"]}
     return backbone, record
 
 
 def render_postprocessed_card(model: RobustBackbone, record: dict[str, Any]) -> str:
-    card_data = ModelCardData(library_name="timm", license="apache-2.0", pipeline_tag="image-feature-extraction",
-                              tags=["robust-hub", "adversarial-robustness", "self-supervised", "dynacl++",
-                                    "image-feature-extraction"], base_model=_hub_id_or_none(record["source_model"]))
-    s = record["settings"]
-    versions = environment(seeds={"seed": s["seed"]})["versions"]
-    return str(ModelCard.from_template(
-        card_data, template_path=str(template_path("postprocessed.md")), source=record["source_model"],
-        dataset=s["dataset"], split=s["split"], num_images=record["num_images"], clusters=record["clusters"],
-        linear=record["linear_protocol"], trades=record["trades_protocol"], kmeans=record["kmeans"],
-        architecture=model.pretrained_cfg.get("architecture"), num_features=model.num_features,
-        default_route=model.default_route, wall_time=record["wall_time_s"], seed=s["seed"],
-        versions=", ".join(f"{k} {v}" for k, v in versions.items()),
-    ))
+    from robust_hub.model_card import CardInputs, render
+    from robust_hub.models.hub import build_config
 
-
-def _hub_id_or_none(source: str) -> str | None:
-    return source if source.count("/") == 1 and not Path(source).exists() else None
+    return render(CardInputs(build_config(model, {"postprocessed": record})))
 
 
 def run_postprocess(args: Any) -> Path:
