@@ -20,7 +20,7 @@ from robust_hub.evaluation.loading import sha256_file
 from robust_hub.evaluation.measured_on import measured_on
 from robust_hub.evaluation.runner import evaluate
 from robust_hub.hub_push import push_to_hub
-from robust_hub.leaderboard.render import build_site
+from robust_hub.leaderboard.render import build_site, cell
 from robust_hub.leaderboard.requests import request_id
 from robust_hub.leaderboard.results import KEY_ENV, sign
 from robust_hub.leaderboard.store import LocalStore
@@ -143,7 +143,7 @@ def test_subset_numbers_carry_their_size_wherever_they_are_published(hub, tmp_pa
     build_site(store, KEY, tmp_path / "site", endpoint=hub.url)
     markdown = (tmp_path / "site" / "leaderboard.md").read_text()
     html = (tmp_path / "site" / "index.html").read_text()
-    assert f"measured on {label}" in markdown and "not the benchmark's numbers" in markdown
+    assert cell(f"measured on {label}") in markdown and "not the benchmark's numbers" in markdown
     assert f"measured on {label}" in html
 
 

@@ -124,8 +124,11 @@ MARKDOWN_SYNTAX = re.compile(r"([\\`*_{}\[\]()#+!|~])")
 
 
 def cell(text: Any) -> str:
-    """A store string as Markdown text: HTML escaped as the page does, Markdown syntax and line breaks disarmed."""
-    return MARKDOWN_SYNTAX.sub(r"\\\1", html.escape(" ".join(str(text).split())))
+    """A store string as Markdown text: tags disarmed as the page does, Markdown syntax and line breaks too.
+
+    Quotes stay as they are: outside a tag they cannot start an attribute, and the `<` of any tag is escaped.
+    """
+    return MARKDOWN_SYNTAX.sub(r"\\\1", html.escape(" ".join(str(text).split()), quote=False))
 
 
 def render_markdown(board: Board) -> str:
