@@ -259,6 +259,9 @@ def _measure(args, device: torch.device, name: str) -> dict:
 def _measured_or_error(args, device: torch.device, variant: str) -> dict:
     if not args.keep_going:
         return measure(args, device, variant)
+    deadline = getattr(args, "deadline", None)  # time.monotonic() after which no variant starts
+    if deadline is not None and time.monotonic() > deadline:
+        return {"variant": variant, "error": "skipped: the time budget was spent"}
     try:
         return measure(args, device, variant)
     except Exception as error:  # noqa: BLE001 - one variant's failure must not cost the others

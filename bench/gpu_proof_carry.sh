@@ -17,4 +17,18 @@ for name in datasets dill multiprocess kornia kornia_rs pyautoattack; do
     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
     --platform any -d .device/whl "$name==$version"
 done
+# pyautoattack's wheel carries 43 MB of example models: drop them (and their RECORD lines) so that
+# what travels stays under the device tool's 64 MiB.
+"$python" - .device/whl/pyautoattack-*.whl <<'PY'
+import sys, zipfile
+path = sys.argv[1]
+with zipfile.ZipFile(path) as wheel:
+    kept = {info.filename: wheel.read(info) for info in wheel.infolist() if "/examples/" not in info.filename}
+for name in kept:
+    if name.endswith(".dist-info/RECORD"):
+        kept[name] = b"".join(line for line in kept[name].splitlines(True) if b"/examples/" not in line)
+with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as wheel:
+    for name, data in kept.items():
+        wheel.writestr(name, data)
+PY
 du -sh .device
