@@ -4,11 +4,17 @@ or of another method's (``--method dynacl``, ``--ir``).
     python bench/bench_acl_step.py                                   # ResNet-18, batch 512, PGD-5
     python bench/bench_acl_step.py --device cpu --batch 32 --variants plain,bf16,channels_last
     python bench/bench_acl_step.py --peak-tflops 2.0 --out bench.json
+    python bench/bench_acl_step.py --device cpu --threads 2 --batch 64 --variants reference,plain,fast --rounds 5
 
 Every variant runs in the same process on a fresh copy of the same model: ``plain`` (fp32, no
-compile, a loss read back every step), ``fast`` (``speed.*`` on ``auto`` for the device, as the
-trainer resolves it), ``fast-nocompile``, or a ``+``-joined set of parts (``bf16+channels_last``).
-For each it reports images/s, the ratio to ``plain``, the FLOPs of the real step counted by
+compile, a loss read back every step), ``reference`` (the plain step with the attack computed as the
+reference ACL code computes it: ``loss.backward()`` at each PGD step, so every parameter gradient is
+computed too and then zeroed), ``fast`` (``speed.*`` on ``auto`` for the device, as the trainer
+resolves it), ``fast-nocompile``, or a ``+``-joined set of parts (``bf16+channels_last``). On CUDA,
+``fp32`` or ``tf32`` in a set pins the precision of fp32 convolutions and matmuls (PyTorch's default
+is TF32 convolutions and fp32 matmuls).
+For each it reports images/s, the ratios to ``plain`` and ``reference`` (medians over ``--rounds``
+alternating rounds, with their range), the FLOPs of the real step counted by
 PyTorch's FLOP counter, the achieved fraction of the device's peak (MFU), and the time split
 between augmentation, attack, training forward/backward and optimiser. The split is measured in
 separate steps with a synchronisation between the phases, so the throughput steps stay sync-free.
@@ -20,8 +26,10 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import statistics
 import time
 from contextlib import nullcontext
+from typing import Callable
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -29,6 +37,7 @@ from torch.utils.flop_counter import FlopCounterMode
 import robust_hub
 from robust_hub.config import AttackConfig, MethodConfig, RunConfig, SpeedConfig, TrainConfig
 from robust_hub.data import SimCLRAugment
+from robust_hub.losses import nt_xent
 from robust_hub.training.fast import DeviceLosses, FastPath
 from robust_hub.training.methods import METHODS
 from robust_hub.training.optim import build_optimizer
@@ -60,13 +69,16 @@ def peak_tflops(name: str, precision: str, flag: float | None) -> float | None:
     return None
 
 
+PRECISIONS = ("fp32", "tf32")
+
+
 def variant_fast_path(name: str, device: torch.device) -> FastPath:
-    if name == "plain":
+    if name in ("plain", "reference"):
         return FastPath(device_type=device.type)
     if name in ("fast", "fast-nocompile"):
         speed = SpeedConfig(compile=False) if name == "fast-nocompile" else SpeedConfig()
         return FastPath.resolve(speed, device)
-    parts = set(name.split("+"))
+    parts = set(name.split("+")) - set(PRECISIONS)
     unknown = parts - {"bf16", "channels_last", "compile", "foreach", "sync_free", "cuda_graphs"}
     if unknown:
         raise SystemExit(f"error: unknown fast-path part(s) {sorted(unknown)} in variant {name!r}")
@@ -86,9 +98,11 @@ class Step:
                            train=TrainConfig(lr=0.1))
         self.method = METHODS[args.method](config)
         self.optimizer = fast.prepare_optimizer(build_optimizer(self.model, config.train))
-        self.augment = SimCLRAugment(1.0, size=32)
-        self.images = torch.randint(0, 256, (args.batch, 3, 32, 32), dtype=torch.uint8, device=device)
+        size = getattr(args, "image_size", 32)
+        self.augment = SimCLRAugment(1.0, size=size)
+        self.images = torch.randint(0, 256, (args.batch, 3, size, size), dtype=torch.uint8, device=device)
         self.losses, self.count = DeviceLosses(), 0
+        self.epoch = getattr(args, "epoch", 0)  # DynACL's w is 0 at epoch 0
 
     def augment_views(self):
         with torch.no_grad():
@@ -101,7 +115,7 @@ class Step:
     def forward_backward(self, views, adversarial):
         self.model.train()
         with self.fast.autocast():
-            terms = self.method.loss(self.model, views[:2], adversarial, epoch=0, original=views[2])
+            terms = self.method.loss(self.model, views[:2], adversarial, epoch=self.epoch, original=views[2])
         self.optimizer.zero_grad(set_to_none=True)
         terms.total.backward()
         return terms
@@ -123,6 +137,51 @@ class Step:
             terms = self.forward_backward(views, adversarial)
         with timer("optimizer"):
             self.optimizer_step(terms)
+
+
+def reference_attack(model: torch.nn.Module, x_i: torch.Tensor, x_j: torch.Tensor, steps: int,
+                     eps: float = 8 / 255, alpha: float = 2 / 255, temperature: float = 0.5):
+    """Contrastive PGD as the reference ACL code runs it: ``loss.backward()`` on a perturbation
+    parameter, which computes (and the next step zeroes) every parameter gradient as well. It finds
+    what ``contrastive_pgd`` finds; only the work differs."""
+    model.eval()
+    clean = torch.cat([x_i, x_j])
+    delta = torch.nn.Parameter(torch.empty_like(clean).uniform_(-eps, eps))
+    delta.data = (clean + delta.data).clamp(0, 1) - clean
+    for _ in range(steps):
+        model.zero_grad()
+        z = model(clean + delta, route="pgd", project=True)
+        nt_xent(*z.chunk(2), temperature=temperature).backward()
+        delta.data = (delta.data + alpha * delta.grad.sign()).clamp(-eps, eps)
+        delta.data = (clean + delta.data).clamp(0, 1) - clean
+        delta.grad = None
+    model.zero_grad()
+    return tuple((clean + delta).detach().chunk(2))
+
+
+class ReferenceStep(Step):
+    """The plain step with the reference code's attack (the baseline the speed-ups are against)."""
+
+    def attack(self, views):
+        return reference_attack(self.model, *views[:2], self.method.config.attack.steps)
+
+
+def precision_backends(name: str, device: torch.device):
+    """TF32 on or off for CUDA convolutions and matmuls when the variant names ``fp32`` or ``tf32``."""
+    parts = set(name.split("+"))
+    if device.type != "cuda" or not parts & set(PRECISIONS):
+        return nullcontext()
+    tf32 = "tf32" in parts
+
+    class _Backends:
+        def __enter__(self):
+            self.saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
+
+        def __exit__(self, *exc):
+            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = self.saved
+
+    return _Backends()
 
 
 def synchronize(device: torch.device) -> None:
@@ -166,8 +225,13 @@ def count_flops(step: Step) -> dict[str, float]:
 
 
 def measure(args, device: torch.device, name: str) -> dict:
+    with precision_backends(name, device):
+        return _measure(args, device, name)
+
+
+def _measure(args, device: torch.device, name: str) -> dict:
     fast = variant_fast_path(name, device)
-    step = Step(args, device, fast)
+    step = (ReferenceStep if name == "reference" else Step)(args, device, fast)
     start = time.perf_counter()
     step()  # the first step compiles, when compiling
     synchronize(device)
@@ -192,6 +256,64 @@ def measure(args, device: torch.device, name: str) -> dict:
     }
 
 
+def _measured_or_error(args, device: torch.device, variant: str) -> dict:
+    if not args.keep_going:
+        return measure(args, device, variant)
+    deadline = getattr(args, "deadline", None)  # time.monotonic() after which no variant starts
+    if deadline is not None and time.monotonic() > deadline:
+        return {"variant": variant, "error": "skipped: the time budget was spent"}
+    try:
+        return measure(args, device, variant)
+    except Exception as error:  # noqa: BLE001 - one variant's failure must not cost the others
+        return {"variant": variant, "error": f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"}
+
+
+def variant_precision(variant: str, fast_path: dict, device: torch.device) -> str:
+    """What fp32 work runs at: bf16 under autocast; on CUDA TF32 unless the variant pins fp32."""
+    if fast_path["bf16"]:
+        return "bf16"
+    return "tf32" if device.type == "cuda" and "fp32" not in variant.split("+") else "fp32"
+
+
+def run(args, device: torch.device, peak_for: Callable[[str], float | None]) -> dict:
+    """Every variant of ``args.variants`` measured in this process; ``peak_for(precision)`` gives the MFU's peak."""
+    flops = count_flops(Step(args, device, FastPath(device_type=device.type)))
+    variants = args.variants.split(",")
+    # Rounds alternate the variants, so load that comes and goes on a shared machine hits them all;
+    # each ratio is taken within a round and the median over rounds is reported with its range.
+    rounds = [[_measured_or_error(args, device, variant) for variant in variants] for _ in range(args.rounds)]
+    results = []
+    for i, variant in enumerate(variants):
+        runs = [round_[i] for round_ in rounds]
+        if any("error" in run_ for run_ in runs):  # a broken variant is reported, the others still are
+            results.append(next(run_ for run_ in runs if "error" in run_))
+            continue
+        r = dict(runs[len(runs) // 2] if len(runs) % 2 else runs[0])
+        r["images_per_s"] = statistics.median(run_["images_per_s"] for run_ in runs)
+        r["images_per_s_rounds"] = [round(run_["images_per_s"], 3) for run_ in runs]
+        precision = variant_precision(variant, r["fast_path"], device)
+        peak = peak_for(precision)
+        achieved = flops["total"] * r["images_per_s"] / args.batch / 1e12
+        r.update({"precision": precision, "achieved_tflops": round(achieved, 4), "peak_tflops": peak,
+                  "mfu": round(achieved / peak, 4) if peak else "unknown (give --peak-tflops)",
+                  "images_per_s": round(r["images_per_s"], 3)})
+        for baseline in ("plain", "fp32", "reference"):
+            j = variants.index(baseline) if baseline in variants else None
+            if j is not None and all("error" not in round_[j] for round_ in rounds):
+                ratios = [round_[i]["images_per_s"] / round_[j]["images_per_s"] for round_ in rounds]
+                r[f"speedup_vs_{baseline}"] = round(statistics.median(ratios), 3)
+                r[f"speedup_vs_{baseline}_range"] = [round(min(ratios), 3), round(max(ratios), 3)]
+        results.append(r)
+    return {
+        "bench": "acl_step", "method": args.method + ("+ir" if args.ir else ""), "arch": args.arch, "batch": args.batch, "pgd_steps": args.pgd_steps,
+        "device": device_name(device), "torch": torch.__version__, "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "flops_per_image": {k: v / args.batch for k, v in flops.items()},
+        "gflop_per_image": round(flops["total"] / args.batch / 1e9, 3),
+        "rounds": args.rounds, "threads": torch.get_num_threads() if device.type == "cpu" else None,
+        "results": results,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arch", default="robust_resnet18")
@@ -202,35 +324,23 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10, help="timed steps per variant")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps after the first (compiling) one")
     parser.add_argument("--split-steps", type=int, default=2, help="steps timed phase by phase")
+    parser.add_argument("--rounds", type=int, default=1, help="alternating rounds over the variants (medians reported)")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads on a CPU")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--variants", default="plain,fast", help="comma-separated; see the description")
     parser.add_argument("--peak-tflops", type=float, default=None,
                         help="the device's peak for the fast path's precision (required for an MFU on a CPU)")
     parser.add_argument("--out", default=None, help="also write the JSON here")
+    parser.add_argument("--keep-going", action="store_true", help="report a failing variant and measure the rest")
     args = parser.parse_args()
 
     device = torch.device(args.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
+    if args.threads:
+        torch.set_num_threads(args.threads)
     name = device_name(device)
-    flops = count_flops(Step(args, device, FastPath(device_type=device.type)))
-    results = [measure(args, device, variant) for variant in args.variants.split(",")]
-    plain = next((r for r in results if r["variant"] == "plain"), results[0])
-    for r in results:
-        precision = "bf16" if r["fast_path"]["bf16"] else ("tf32" if device.type == "cuda" else "fp32")
-        peak = peak_tflops(name, precision, args.peak_tflops)
-        achieved = flops["total"] * r["images_per_s"] / args.batch / 1e12
-        r.update({"precision": precision, "achieved_tflops": round(achieved, 4), "peak_tflops": peak,
-                  "mfu": round(achieved / peak, 4) if peak else "unknown (give --peak-tflops)",
-                  "speedup_vs_plain": round(r["images_per_s"] / plain["images_per_s"], 3),
-                  "images_per_s": round(r["images_per_s"], 3)})
-    report = {
-        "bench": "acl_step", "method": args.method + ("+ir" if args.ir else ""), "arch": args.arch, "batch": args.batch, "pgd_steps": args.pgd_steps,
-        "device": name, "torch": torch.__version__, "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "flops_per_image": {k: v / args.batch for k, v in flops.items()},
-        "gflop_per_image": round(flops["total"] / args.batch / 1e9, 3),
-        "results": results,
-    }
+    report = run(args, device, lambda precision: peak_tflops(name, precision, args.peak_tflops))
     text = json.dumps(report, indent=2)
     print(text)
     if args.out:

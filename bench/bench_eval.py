@@ -25,8 +25,8 @@ from robust_hub.evaluation.autoattack_runner import run_autoattack
 from robust_hub.evaluation.loading import wrap_module
 
 
-def resnet18() -> nn.Module:
-    return robust_hub.create_backbone("robust_resnet18")
+def resnet18(arch: str = "robust_resnet18") -> nn.Module:
+    return robust_hub.create_backbone(arch)
 
 
 def _sync(device: torch.device) -> None:
@@ -42,9 +42,10 @@ def _timed(fn, device) -> float:
     return time.perf_counter() - t0
 
 
-def bench(device: torch.device, n: int, aa_n: int, batch_size: int, pgd_variants: tuple[str, ...] = ()) -> dict:
+def bench(device: torch.device, n: int, aa_n: int, batch_size: int, pgd_variants: tuple[str, ...] = (),
+          arch: str = "robust_resnet18") -> dict:
     torch.manual_seed(0)
-    backbone = wrap_module(resnet18())
+    backbone = wrap_module(resnet18(arch))
     model = nn.Sequential(backbone, nn.Linear(backbone.num_features, 10)).to(device).eval()
     x = torch.rand(n, 3, 32, 32, device=device)
     with torch.no_grad():
@@ -83,7 +84,7 @@ def bench(device: torch.device, n: int, aa_n: int, batch_size: int, pgd_variants
         "autoattack_cost_vs_clean": round(clean_ips / (aa_n / t_aa), 1),
         "autoattack_clean_acc": aa_result["r"].clean_acc,
         "autoattack_robust_acc": aa_result["r"].robust_acc,
-        "n": n, "aa_n": aa_n, "batch_size": batch_size,
+        "n": n, "aa_n": aa_n, "batch_size": batch_size, "arch": arch,
         "pgd20_img_s_by_variant": {"fp32": round(n / t_pgd, 2), **variants},
     }
     return out

@@ -16,16 +16,36 @@ import argparse
 import json
 
 
+def epoch_equivalents(epochs: int, k: float | None, warmup: int, interval: int, selection_cost: float) -> float:
+    """The recipe's work in epochs of full-set training: all of them without RCS; with it, the warm-up,
+    then coreset epochs of fraction k and a selection (``selection_cost`` epochs) every ``interval``."""
+    if k is None:
+        return float(epochs)
+    selections = len(range(warmup, epochs, interval))
+    return warmup + (epochs - warmup) * k + selections * selection_cost
+
+
 def recipe_hours(images_per_epoch: int, gflop_per_image: float, tflops: float, epochs: int, k: float | None,
                  warmup: int, interval: int, selection_cost: float) -> tuple[float, float]:
     """(hours, epoch-equivalents of full-set training)."""
-    if k is None:
-        equivalents = float(epochs)
-    else:
-        selections = len(range(warmup, epochs, interval))
-        equivalents = warmup + (epochs - warmup) * k + selections * selection_cost
+    equivalents = epoch_equivalents(epochs, k, warmup, interval, selection_cost)
     seconds = equivalents * images_per_epoch * gflop_per_image * 1e9 / (tflops * 1e12)
     return seconds / 3600, equivalents
+
+
+def recipe_from_rate(images_per_s: float, *, selection_cost: float, selection_cost_measured: bool,
+                     images_per_epoch: int = 49152, epochs: int = 1000, k: float = 0.2, warmup: int = 100,
+                     interval: int = 20) -> dict:
+    """The recipe's wall time from a measured training throughput (no assumed MFU)."""
+    hours = {}
+    for name, fraction in (("full", None), ("rcs", k)):
+        equivalents = epoch_equivalents(epochs, fraction, warmup, interval, selection_cost)
+        hours[name] = (equivalents * images_per_epoch / images_per_s / 3600, equivalents)
+    return {"estimate": False, "from": "measured images/s of the training step", "images_per_s": images_per_s,
+            "full_recipe_hours": round(hours["full"][0], 3), "rcs_recipe_hours": round(hours["rcs"][0], 3),
+            "rcs_epoch_equivalents": round(hours["rcs"][1], 1),
+            "rcs": {"k": k, "warmup": warmup, "interval": interval, "selection_cost": selection_cost,
+                    "selection_cost_measured": selection_cost_measured}}
 
 
 def main() -> None:

@@ -51,3 +51,33 @@ def test_attack_touches_no_parameter_gradient_and_restores_train_mode(model):
     method.attack(model, torch.rand(4, 3, 32, 32), torch.rand(4, 3, 32, 32), nullcontext)
     assert all(p.grad is None for p in model.parameters())
     assert model.training
+
+
+def _batch_norm_modes(model):
+    """Records, for every batch norm called, whether it ran in training mode (batch statistics)."""
+    modes = []
+    hooks = [m.register_forward_pre_hook(lambda module, _: modes.append(module.training))
+             for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    return modes, hooks
+
+
+@pytest.mark.parametrize("name", ["acl", "dynacl"])
+def test_the_attack_uses_running_statistics_and_leaves_every_buffer_untouched(name):
+    # Train mode would normalise with the batch's statistics and move every running mean and
+    # variance (and num_batches_tracked) once per PGD step; the attack must do neither.
+    from robust_hub.config import MethodConfig
+    from robust_hub.training.fast import FastPath
+    from robust_hub.training.methods import METHODS
+
+    model = robust_hub.create_backbone("robust_resnet_tiny").train()
+    model(torch.rand(8, 3, 16, 16), route="pgd", project=True)  # statistics no longer at their initial values
+    buffers = {k: v.clone() for k, v in model.named_buffers()}
+    method = METHODS[name](RunConfig(attack=AttackConfig(steps=3), method=MethodConfig(name=name)))
+    modes, hooks = _batch_norm_modes(model)
+    for fast in (FastPath(), FastPath(channels_last=True)):
+        method.attack(model, *(fast.images(torch.rand(8, 3, 16, 16)) for _ in range(2)), fast.autocast_factory())
+    for hook in hooks:
+        hook.remove()
+    assert modes and not any(modes)  # every batch norm of every PGD step ran in eval mode
+    assert all(torch.equal(v, buffers[k]) for k, v in model.named_buffers())
+    assert model.training  # and the trainer's mode is back afterwards

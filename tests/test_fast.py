@@ -213,3 +213,71 @@ def test_a_nan_loss_is_caught_at_log_time_when_sync_free(tmp_path, monkeypatch, 
     finally:
         AcceleratorState._reset_state(True)
     assert len(calls) == steps_before_error  # sync-free: noticed at the next read, not at the step
+
+
+def _nt_xent64(a: torch.Tensor, b: torch.Tensor, t: float) -> float:
+    """NT-Xent written out in float64: mean over the 2N rows of -log softmax(similarities / t)[positive]."""
+    z = torch.cat([a, b]).double()
+    z = z / z.norm(dim=1, keepdim=True)
+    s = z @ z.T / t
+    n = a.shape[0]
+    rows = []
+    for r in range(2 * n):
+        others = torch.cat([s[r, :r], s[r, r + 1:]])
+        rows.append(torch.logsumexp(others, 0) - s[r, (r + n) % (2 * n)])
+    return torch.stack(rows).mean().item()
+
+
+def _log_p64(a: torch.Tensor, b: torch.Tensor, t: float) -> torch.Tensor:
+    a, b = (x.double() / x.double().norm(dim=1, keepdim=True) for x in (a, b))
+    return torch.log_softmax((a * b).sum(1) / t, 0)
+
+
+def _reference_divergence64(log_p: torch.Tensor, log_q: torch.Tensor) -> float:
+    return (log_q.exp() * (log_q - log_p.exp())).sum().item()  # method.md's reference IR divergence
+
+
+def test_every_fp32_island_of_the_training_loss_computes_in_fp32_under_bf16_autocast():
+    # The network runs in bf16; NT-Xent and SIR/AIR take its bf16 embeddings and must compute in
+    # fp32: each weighted part equals the float64 formula on the same embeddings to fp32 rounding
+    # (similarities in bf16 would be off by ~1e-3).
+    config = RunConfig(method=MethodConfig(ir=True))
+    method, t = ACL(config), config.method.temperature
+    model = robust_hub.create_backbone("robust_resnet_tiny").train()
+    outputs = []
+    model.register_forward_hook(lambda module, args, out: outputs.append(out.detach()))
+    views = [torch.rand(8, 3, 16, 16) for _ in range(5)]
+    with FastPath(bf16=True).autocast():
+        terms = method.loss(model, (views[0], views[1]), (views[2], views[3]), epoch=0, original=views[4])
+    clean, adversarial, z_o = outputs
+    assert clean.dtype == adversarial.dtype == z_o.dtype == torch.bfloat16  # the network did run in bf16
+    z_i, z_j = clean.chunk(2)
+    a_i, a_j = adversarial.chunk(2)
+    sir = _reference_divergence64(_log_p64(z_i, z_o, t), _log_p64(z_j, z_o, t))
+    air = _reference_divergence64(_log_p64(a_i, z_o, t) + _log_p64(a_i, z_i, t),
+                                  _log_p64(a_j, z_o, t) + _log_p64(a_j, z_j, t))
+    expected = {"nat": _nt_xent64(z_i, z_j, t), "adv": _nt_xent64(a_i, a_j, t), "sir": 0.5 * sir, "air": 0.5 * air}
+    for name, value in expected.items():
+        assert terms.parts[name].dtype == torch.float32
+        assert terms.parts[name].item() == pytest.approx(value, rel=2e-6, abs=1e-7), name
+
+
+def test_the_attack_scores_its_bf16_embeddings_with_fp32_similarities(monkeypatch):
+    # Under the fast path's autocast the attack's network runs in bf16; the NT-Xent it maximises
+    # must still form its similarity logits in fp32, or the sign of the input gradient is bf16 noise.
+    import torch.nn.functional as F
+
+    logits_dtypes, real = [], F.cross_entropy
+
+    def spy(logits, *args, **kwargs):
+        logits_dtypes.append(logits.dtype)
+        return real(logits, *args, **kwargs)
+
+    monkeypatch.setattr(F, "cross_entropy", spy)  # NT-Xent's last op: its input is the similarity logits
+    embeddings = []
+    model = robust_hub.create_backbone("robust_resnet_tiny").train()
+    model.register_forward_hook(lambda module, args, out: embeddings.append(out.dtype))
+    ACL(RunConfig(attack=AttackConfig(steps=2))).attack(model, torch.rand(8, 3, 16, 16), torch.rand(8, 3, 16, 16),
+                                                        FastPath(bf16=True).autocast_factory())
+    assert embeddings == [torch.bfloat16] * 2
+    assert logits_dtypes == [torch.float32] * 2
