@@ -80,7 +80,7 @@ def render_backbone_card(model: Any, config: RunConfig, facts: dict[str, Any]) -
         num_classes=getattr(model, "num_classes", 0),
         method=config.method.name + ("+ir" if config.method.ir else ""), method_title=method_title(config),
         method_details=method_details(config), lars_convention=t.lars_convention, lr_min=t.lr_min,
-        dataset=config.data.source, split=config.data.split, architecture=model.pretrained_cfg.get("architecture"),
+        dataset=config.data.source, split=_split_text(config), architecture=model.pretrained_cfg.get("architecture"),
         num_params=f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M", num_features=model.num_features,
         input_size="x".join(str(s) for s in model.pretrained_cfg.get("input_size", (3, 32, 32))[1:]),
         mean=model.model_args.get("mean"), std=model.model_args.get("std"),
@@ -98,12 +98,24 @@ def render_backbone_card(model: Any, config: RunConfig, facts: dict[str, Any]) -
     return str(ModelCard.from_template(card_data, template_path=str(template_path()), **values))
 
 
+def _split_text(config: RunConfig) -> str:
+    """The split, and the subset of it when ``data.subset`` cut the run to the first N images."""
+    d = config.data
+    return d.split if d.subset is None else f"{d.split}, first {d.subset} images only (data.subset)"
+
+
+SELECTION_VARIANTS = {("row_mean", "acl"): "the reference's selection (row-mean gains, plain ACL loss)"}
+
+
 def _coreset_line(config: RunConfig) -> str | None:
     c = config.coreset
     if c.mode == "none":
         return None
     what = "RCS (robustness-aware coreset selection)" if c.mode == "rcs" else "a random subset (baseline)"
-    detail = f", RD {c.rd}, {c.approximation.replace('_', '-')} gradients, eta {c.eta:g}" if c.mode == "rcs" else ""
+    variant = SELECTION_VARIANTS.get((c.gain_vector, c.selection_loss), "a variant of the reference's selection")
+    detail = (f", RD {c.rd}, {c.approximation.replace('_', '-')} gradients, gains on {c.gain_vector.replace('_', '-')} "
+              f"vectors, selection loss {c.selection_loss}, effective step eta {c.eta:g}: {variant}"
+              if c.mode == "rcs" else "")
     return (f"{what}, fraction {c.fraction:g}, full set for {c.warmup_epochs} epochs, then a new coreset every "
             f"{c.interval} epochs{detail}")
 
