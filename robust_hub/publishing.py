@@ -25,6 +25,7 @@ from typing import Any
 
 from robust_hub.errors import RobustHubError
 from robust_hub.evaluation.loading import sha256_file
+from robust_hub.evaluation.presets import preset_note
 from robust_hub.evaluation.records import EvalRecord, load_records
 
 TEMPLATE = Path(__file__).resolve().parent / "model_cards" / "published.md"
@@ -220,7 +221,7 @@ def results_table(entries: list[dict], current_sha: str, endpoint: str, repo_id:
         here = " (these weights)" if r["model"]["weights_sha256"] == current_sha else ""
         c10c = "" if not m.get("c10c") else _pct(m["c10c"]["mean"]) + (" (generated)" if m["c10c"]["generated"] else "")
         lines.append(f"| [`{e['model_commit'][:7]}`]({endpoint}/{repo_id}/commit/{e['model_commit']}){here} "
-                     f"| {r['protocol']['name'].upper()} (epochs {r['protocol']['settings'].get('epochs')}) "
+                     f"| {r['protocol']['name'].upper()} (epochs {r['protocol']['settings'].get('epochs')}{preset_note(r)}) "
                      f"| {Path(r['dataset']['source']).name}, {r['dataset']['n_test']} test images "
                      f"| {r['threat']['norm']} {_eps_text(r)} | {_pct(m.get('clean_acc'))} | {_pct(m.get('pgd20_acc'))} "
                      f"| {_pct(m.get('autoattack_acc'))} | {c10c} | {', '.join(r['flags']) or '-'} | {e['source']} |")

@@ -89,3 +89,14 @@ def test_an_unknown_preset_is_one_error_line(capsys):
         main(["eval", "some/model", "--out", "results", "--preset", "benchmark:simclr"])
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and err.startswith("error:") and err.count("\n") == 1 and "--preset" in err
+
+
+def test_tables_name_a_non_uniform_preset():
+    from robust_hub.evaluation.card import evaluation_markdown
+
+    record = {"protocol": {"name": "slf", "settings": {"epochs": 5, "preset": "benchmark:dynacl_ir"}},
+              "dataset": {"source": "cifar10", "n_test": 10000}, "threat": {"norm": "linf", "eps": 8 / 255},
+              "metrics": {"clean_acc": 0.8}, "flags": []}
+    assert "SLF (epochs 5, preset benchmark:dynacl_ir)" in evaluation_markdown([record])
+    uniform = {**record, "protocol": {"name": "slf", "settings": {"epochs": 25, "preset": "uniform"}}}
+    assert "SLF (epochs 25) " in evaluation_markdown([uniform])

@@ -8,6 +8,7 @@ from typing import Any
 
 from robust_hub.errors import RobustHubError
 from robust_hub.evaluation.loading import sha256_file
+from robust_hub.evaluation.presets import preset_note
 from robust_hub.evaluation.records import load_records
 from robust_hub.io import write_text_atomic
 
@@ -27,7 +28,7 @@ def evaluation_markdown(records: list[dict[str, Any]]) -> str:
         c10c = m.get("c10c")
         corruption = "" if not c10c else _pct(c10c["mean"]) + (" (generated set)" if c10c.get("generated") else "")
         lines.append(
-            f"| {r['protocol']['name'].upper()} (epochs {r['protocol']['settings'].get('epochs')}) "
+            f"| {r['protocol']['name'].upper()} (epochs {r['protocol']['settings'].get('epochs')}{preset_note(r)}) "
             f"| {r['dataset']['source']} ({r['dataset'].get('n_test', '?')} test images) "
             f"| {t['norm']} {t['eps'] * 255:g}/255 | {_pct(m.get('clean_acc'))} | {_pct(m.get('pgd20_acc'))} "
             f"| {_pct(m.get('autoattack_acc'))} | {corruption} | {', '.join(r['flags']) or '-'} |")

@@ -56,3 +56,9 @@ def preset_settings(preset: str, protocol: str, dataset: str, image_size: int = 
     by_dataset = BENCHMARK[preset.split(":", 1)[1]].get(protocol, {})
     key = f"{dataset}@96" if dataset == "stl10" and image_size == 96 else dataset
     return {**by_dataset.get(_EVERY, {}), **by_dataset.get(key, {})}
+
+
+def preset_note(record: dict) -> str:
+    """", preset NAME" for a record finetuned with a preset other than the uniform protocol, for tables."""
+    preset = record["protocol"]["settings"].get("preset", UNIFORM)  # records before presets name none
+    return "" if preset == UNIFORM else f", preset {preset}"
