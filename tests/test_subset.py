@@ -4,6 +4,8 @@ the first N images of the split."""
 import json
 from pathlib import Path
 
+import yaml
+
 from robust_hub.cli import main
 from robust_hub.data import load_image_dataset
 
@@ -25,7 +27,12 @@ def test_a_run_on_a_subset_says_so_everywhere(tmp_path, capsys):
     assert training["data"]["subset"] == 200 and training["data"]["images"] == 190
     (selection,) = training["coreset_selections"]
     assert selection["size"] == 16  # half of the 2 minibatches a capped epoch trains on
-    assert "first 200 images only (data.subset)" in (out / "model" / "README.md").read_text()
+    card = (out / "model" / "README.md").read_text()
+    assert "first 200 images only (data.subset)" in card
+    # the run config and the card say which selection ran: the reference's, by default
+    coreset = yaml.safe_load((out / "run_config.yaml").read_text())["coreset"]
+    assert (coreset["eta"], coreset["gain_vector"], coreset["selection_loss"]) == (0.02, "row_mean", "acl")
+    assert "the reference's selection (row-mean gains, plain ACL loss)" in card
 
 
 def test_a_subset_larger_than_the_split_is_one_error_line(tmp_path, capsys):
