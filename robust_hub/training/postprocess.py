@@ -9,7 +9,8 @@
    the inner attack starting at x itself): the suite's AFF code with these settings.
 
 These are the reference's post-processing (DynACL's LPAFT) settings (method.md); they differ from the
-evaluation protocols' SLF and AFF, which keep theirs.
+evaluation protocols' SLF and AFF, which keep theirs. Starting TRADES' attack at x, as the reference does,
+means its first step follows the sign of a KL gradient that is zero up to rounding at x.
 
 The k-means is scikit-learn's (Lloyd's algorithm, k-means++ seeding, several restarts), on the
 CPU: no GPU k-means is among robust-hub's dependencies, and one clustering of N x 512 features
