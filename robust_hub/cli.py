@@ -21,14 +21,22 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"error: {self.prog}: {message} (see --help)\n")
 
 
-def add_pretrain_arguments(parser: argparse.ArgumentParser) -> None:
+PRETRAIN_EXAMPLES = """examples (from a clone of the repository; README "Short runs" lists the keys that shorten a run):
+  robust-hub pretrain --config configs/offline.yaml
+  robust-hub pretrain --config configs/offline.yaml train.epochs=2 train.max_steps_per_epoch=3 train.output_dir=outputs/smoke
+  robust-hub pretrain --config configs/acl_cifar10.yaml data.source=../shared/data/cifar10 data.subset=2000 train.epochs=20 train.warmup_epochs=2 train.output_dir=outputs/acl_cifar10_first2000
+"""
+
+
+def add_pretrain_arguments(parser: argparse.ArgumentParser, examples: str | None = PRETRAIN_EXAMPLES) -> None:
+    parser.epilog, parser.formatter_class = examples, argparse.RawDescriptionHelpFormatter
     parser.add_argument("--config", help="YAML run config (configs/*.yaml); defaults are the paper's ACL setting")
     parser.add_argument("--resume", nargs="?", const="latest", default=None, metavar="CHECKPOINT",
                         help="continue from a checkpoint dir, or the latest one in train.output_dir")
     parser.add_argument("--overwrite", action="store_true",
                         help="start afresh in a train.output_dir that holds another run or other files")
     parser.add_argument("overrides", nargs="*", metavar="section.key=value",
-                        help="config overrides, e.g. train.epochs=10 data.source=uoft-cs/cifar10")
+                        help="config overrides, e.g. data.subset=2000 train.epochs=20 train.warmup_epochs=2")
 
 
 def run_pretrain_command(args: argparse.Namespace, train: Callable | None = None) -> int:

@@ -39,6 +39,7 @@ class DataConfig:
     split: str = "train"
     image_size: int = 32
     val_fraction: float = 0.01  # seeded held-out split, kept out of training (RCS uses it)
+    subset: int | None = None  # only the first N images of the split (before the validation split); None: all
     cache_dir: str | None = None
 
 
@@ -89,7 +90,7 @@ class TrainConfig:
     keep_checkpoints: int = 2
     mixed_precision: str | None = None  # None: whatever `accelerate launch` was told
     log_every: int = 10  # steps
-    max_steps_per_epoch: int | None = None  # cut epochs short, for smoke runs
+    max_steps_per_epoch: int | None = None  # cut epochs short, for smoke runs (RCS then selects from as many minibatches)
     push_to_hub: str | None = None  # ORG/NAME: upload the model (with its card) when training ends
 
 
@@ -107,7 +108,13 @@ class SpeedConfig:
 
 @dataclass(frozen=True)
 class CoresetConfig:
-    """Robustness-aware coreset selection (RCS); defaults follow method.md (reference code)."""
+    """Robustness-aware coreset selection (RCS); the defaults reproduce the reference code's selection (method.md).
+
+    ``eta`` is the effective greedy step: the gain is eta * q_U . q_m and each pick steps
+    theta <- theta - eta * q_m. The reference sets its step from ``--Coreset_lr`` (0.01) and applies
+    it twice per pick (once through a copy of the head, once through the head itself: the same
+    module), so its effective step is 2 x 0.01 = 0.02, the default here.
+    """
 
     mode: str = "none"  # none | rcs | random (a random subset with the same budget)
     fraction: float = 0.2  # k
@@ -115,8 +122,9 @@ class CoresetConfig:
     interval: int = 20  # epochs between selections
     rd: str = "minmax_kl"  # minmax_kl (reference) | softmax_kl
     approximation: str = "last_layer"  # last_layer (projection-head gradients) | full (every trainable parameter)
-    gain_vector: str = "full"  # full | row_mean (the reference's compression of each gradient matrix)
-    eta: float = 0.001
+    gain_vector: str = "row_mean"  # row_mean (the reference: each gradient matrix averaged over rows) | full
+    selection_loss: str = "acl"  # acl (the reference: plain ACL loss for every method) | method (the run's own loss)
+    eta: float = 0.02  # effective greedy step (see above): the reference's --Coreset_lr 0.01 applied twice
     val_steps: int = 3  # PGD steps of RD's own attack
     val_alpha: float | None = None  # its step; None: (10/255) / val_steps, the reference's rule
     chunk_batches: int = 0  # greedy search per chunk of this many minibatches (0: one chunk)
@@ -252,6 +260,7 @@ def validate(config: RunConfig) -> None:
 
     d, m, a, me, t = config.data, config.model, config.attack, config.method, config.train
     _check(d.image_size >= 8, f"data.image_size must be >= 8, got {d.image_size}")
+    _check(d.subset is None or d.subset >= 2, f"data.subset must be >= 2 images (or unset for all), got {d.subset}")
     # The one check of val_fraction: the held-out split needs images on both sides (RCS uses it).
     _check(0 < d.val_fraction < 0.5, f"data.val_fraction must be in (0, 0.5), got {d.val_fraction}")
     _check(m.proj_layers in (2, 3), f"model.proj_layers must be 2 or 3, got {m.proj_layers}")
@@ -303,7 +312,7 @@ def _validate_speed(speed: SpeedConfig, train: TrainConfig) -> None:
 
 def _validate_coreset(config: RunConfig) -> None:
     from robust_hub.coreset.objective import RD_KINDS
-    from robust_hub.coreset.select import APPROXIMATIONS, GAIN_VECTORS, MODES
+    from robust_hub.coreset.select import APPROXIMATIONS, GAIN_VECTORS, MODES, SELECTION_LOSSES
 
     c = config.coreset
     _check(c.mode in MODES, f"coreset.mode must be one of {list(MODES)}, got {c.mode!r}")
@@ -313,6 +322,8 @@ def _validate_coreset(config: RunConfig) -> None:
     _check(c.rd in RD_KINDS, f"coreset.rd must be one of {list(RD_KINDS)}, got {c.rd!r}")
     _check(c.approximation in APPROXIMATIONS, f"coreset.approximation must be one of {list(APPROXIMATIONS)}, got {c.approximation!r}")
     _check(c.gain_vector in GAIN_VECTORS, f"coreset.gain_vector must be one of {list(GAIN_VECTORS)}, got {c.gain_vector!r}")
+    _check(c.selection_loss in SELECTION_LOSSES,
+           f"coreset.selection_loss must be one of {list(SELECTION_LOSSES)}, got {c.selection_loss!r}")
     _check(c.eta > 0, f"coreset.eta must be > 0, got {c.eta}")
     _check(c.val_steps >= 0, f"coreset.val_steps must be >= 0, got {c.val_steps}")
     _check(c.val_alpha is None or 0 < c.val_alpha <= 1, f"coreset.val_alpha must be in (0, 1], got {c.val_alpha}")

@@ -17,6 +17,7 @@ from typing import Any
 
 from robust_hub.errors import RobustHubError
 from robust_hub.evaluation.measured_on import measured_on
+from robust_hub.evaluation.presets import preset_note
 
 TEMPLATE = Path(__file__).resolve().parent / "model_cards" / "model_card.md"
 MARKER = "<!-- robust-hub model card: `robust-hub card` and `robust-hub push` rewrite this file -->"
@@ -114,7 +115,7 @@ def results_table(inputs: CardInputs) -> str:
         r, m = p.record, p.record["metrics"]
         c10c = "" if not m.get("c10c") else _cell(r, "c10c", m["c10c"]["mean"]) + (" (generated)" if m["c10c"]["generated"] else "")
         lines.append(f"| {_commit_cell(p, inputs)} | {r['protocol']['name'].upper()} (epochs "
-                     f"{r['protocol']['settings'].get('epochs')}) | {public_name(r['dataset']['source'])} "
+                     f"{r['protocol']['settings'].get('epochs')}{preset_note(r)}) | {public_name(r['dataset']['source'])} "
                      f"| {measured_on(r).text()} | {r['threat']['norm']} {_eps(r)} | {_cell(r, 'clean', m.get('clean_acc'))} "
                      f"| {_cell(r, 'pgd20', m.get('pgd20_acc'))} | {_cell(r, 'autoattack', m.get('autoattack_acc'))} "
                      f"| {c10c} "
@@ -208,7 +209,7 @@ def _pixels(value: float) -> str:
 
 
 def _training_values(config: dict) -> dict[str, Any]:
-    from robust_hub.training.card import coreset_line, method_details, method_label, method_title
+    from robust_hub.training.card import coreset_line, method_details, method_label, method_title, split_text
 
     training = (config.get("robust_hub") or {}).get("training") or {}
     recipe = training.get("config") or {}
@@ -231,7 +232,7 @@ def _training_values(config: dict) -> dict[str, Any]:
         t, a = rc.train, rc.attack
         values.update(
             rc=rc, method_title=method_title(rc), method_label=method_label(rc), method_details=method_details(rc),
-            method=rc.method.name + ("+ir" if rc.method.ir else ""), split=rc.data.split,
+            method=rc.method.name + ("+ir" if rc.method.ir else ""), split=split_text(rc),
             attack=f"L-inf PGD-{a.steps}, eps {_pixels(a.eps)}, step {_pixels(a.alpha)}, random start: {a.random_start}",
             optimiser=(f"LARS lr {t.lr}, momentum {t.momentum}, weight decay {t.weight_decay}, batch {t.batch_size}, "
                        f"{t.lars_convention} convention"),

@@ -190,13 +190,18 @@ METHOD_CASES = {
 }
 
 
+@pytest.mark.parametrize("selection_loss", ["acl", "method"])
 @pytest.mark.parametrize("case", list(METHOD_CASES))
-def test_batch_gradient_is_the_configured_methods_loss(case):
-    """q_m (last-layer approximation) equals the head gradient of the method's loss, written out here from
-    method.md: ((1-w) L_nat + (1+w) L_adv) / 2, or with IR (1-w) L_nat + (1+w) L_adv + 0.5 SIR + 0.5 AIR,
-    with DynACL's s and w at the selection's epoch."""
+def test_batch_gradient_is_the_selection_loss(case, selection_loss):
+    """q_m (last-layer approximation) is the head gradient of, written out here from method.md:
+    by default (``acl``, as the reference selects for every method) the plain ACL loss (L_nat + L_adv) / 2;
+    with ``coreset.selection_loss=method`` the method's own loss ((1-w) L_nat + (1+w) L_adv) / 2, or with IR
+    (1-w) L_nat + (1+w) L_adv + 0.5 SIR + 0.5 AIR, with DynACL's s and w at the selection's epoch.
+    Either way the views are the epoch's own (DynACL's strength s)."""
     overrides, strength, w, ir = METHOD_CASES[case]
-    config = tiny_config(*overrides)
+    config = tiny_config(*overrides, f"coreset.selection_loss={selection_loss}")
+    if selection_loss == "acl":
+        w, ir = 0.0, False
     model, images, val = tiny_problem(seed=5)
     model.eval()  # as during a selection: batch norms on their running statistics
     epoch, m = 6, 3
@@ -222,7 +227,7 @@ def test_batch_gradient_is_the_configured_methods_loss(case):
 
 @pytest.mark.parametrize("case", ["dynacl", "dynacl+ir"])
 def test_dynacl_and_ir_select_with_their_own_loss_and_keep_the_budget(case):
-    config = tiny_config(*METHOD_CASES[case][0])
+    config = tiny_config(*METHOD_CASES[case][0], "coreset.selection_loss=method")
     model, images, val = tiny_problem(seed=6)
     selection = select_coreset(model, METHODS[config.method.name](config), config, 6, images, val)
     assert selection.indices.numel() == 16 and selection.indices.unique().numel() == 16

@@ -108,13 +108,13 @@ def test_aff_loss_is_ce_plus_beta_times_kl():
 # every finetuning setting a user can override (--set KEY=VALUE), with a value that must change the result
 SETTINGS = {"lr": 0.3, "epochs": 3, "batch_size": 8, "milestones": "5", "gamma": 0.5, "momentum": 0.5,
             "weight_decay": 0.05, "augment": True, "train_attack.steps": 1, "train_attack.eps": 2 / 255,
-            "train_attack.alpha": 1 / 255, "trades_beta": 1.0}
+            "train_attack.alpha": 1 / 255, "trades_beta": 1.0, "trades_start_noise": 0.0, "first_epoch_lr": 0.2}
 
 
 @pytest.mark.parametrize("key", sorted(SETTINGS))
 def test_every_protocol_setting_changes_the_finetuned_model(key):
     train = synthetic_split(32, "train", 0)
-    name = "aff" if key == "trades_beta" or key.startswith("train_attack") else "slf"
+    name = "aff" if key.startswith(("trades_", "train_attack")) else "slf"
     base = with_overrides(default_protocol_config(name, "cifar10"),
                           {"epochs": 2, "batch_size": 16, "augment": False, "lr": 0.05, "milestones": "1"})
     changed = with_overrides(base, {key: SETTINGS[key]})

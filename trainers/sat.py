@@ -16,7 +16,7 @@ from robust_hub.cli import add_pretrain_arguments, run_sat_command, run_with_err
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_pretrain_arguments(parser)
+    add_pretrain_arguments(parser, examples=None)
     return run_with_errors(run_sat_command, parser.parse_args())
 
 

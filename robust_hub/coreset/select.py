@@ -8,6 +8,7 @@ RNG streams untouched, and is the same whichever process computes which batch.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import time
@@ -26,7 +27,8 @@ from robust_hub.training.distributed import local_only
 
 MODES = ("none", "rcs", "random")
 APPROXIMATIONS = ("last_layer", "full")
-GAIN_VECTORS = ("full", "row_mean")
+GAIN_VECTORS = ("row_mean", "full")
+SELECTION_LOSSES = ("acl", "method")
 _PARTITION_SALT, _BATCH_SALT, _VAL_SALT = 7_919, 104_729, 1_299_709
 
 
@@ -52,6 +54,14 @@ def partition(num_images: int, batch_size: int, seed: int, epoch: int) -> torch.
     order = torch.randperm(num_images, generator=generator)
     m = num_images // batch_size
     return order[: m * batch_size].view(m, batch_size)
+
+
+def candidate_batches(num_images: int, config: Any, epoch: int) -> torch.Tensor:
+    """The minibatches a selection chooses from: the seeded partition, cut to ``train.max_steps_per_epoch``
+    minibatches when that is set (a capped full epoch trains on no more), so a short run selects in short time."""
+    batches = partition(num_images, config.train.batch_size, config.train.seed, epoch)
+    cap = config.train.max_steps_per_epoch
+    return batches[:cap] if cap else batches
 
 
 def chunk_picks(num_batches: int, picks: int, chunk: int) -> list[tuple[int, int, int]]:
@@ -133,6 +143,17 @@ def method_batch_loss(method: Any, model: Callable, views: tuple[torch.Tensor, t
     return method.loss(model, views, adversarial, epoch, original=original).total
 
 
+def selection_method(method: Any, config: Any) -> Any:
+    """The method whose loss gives q_m: plain ACL (w = 0, no IR), as the reference selects for every method,
+    or with ``coreset.selection_loss: method`` the run's own (DynACL's w at the epoch, IR's terms)."""
+    if config.coreset.selection_loss == "method" or getattr(method, "supervised", False):
+        return method
+    from robust_hub.training.methods import ACL
+
+    plain = dataclasses.replace(config.method, name="acl", ir=False, strength=1.0, adv_weight=0.0)
+    return ACL(dataclasses.replace(config, method=plain))
+
+
 def method_attack(method: Any, model: nn.Module, views: tuple[torch.Tensor, torch.Tensor], original: torch.Tensor,
                   autocast: Callable[[], AbstractContextManager]) -> tuple[torch.Tensor, torch.Tensor]:
     """The one place that speaks the methods' attack interface."""
@@ -190,7 +211,8 @@ class _RCS:
         self.autocast = autocast or nullcontext
         self.c, self.seed = config.coreset, config.train.seed
         self.device = next(model.parameters()).device
-        self.augment = SimCLRAugment(method.strength(epoch), size=config.data.image_size)
+        self.augment = SimCLRAugment(method.strength(epoch), size=config.data.image_size)  # the epoch's own views
+        self.loss_method = selection_method(method, config)
         if self.c.approximation == "last_layer":
             self.names = self.last_layer_names(model)
         else:
@@ -223,7 +245,7 @@ class _RCS:
         for batch, m in zip(batches, numbers):
             views, adversarial, original = self._attacked_batch(batch, m)
             with local_only(), torch.enable_grad():
-                loss = method_batch_loss(self.method, self.model, views, adversarial, original, self.epoch)
+                loss = method_batch_loss(self.loss_method, self.model, views, adversarial, original, self.epoch)
                 rows.append(torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, params)]))
         return torch.stack(rows)
 
@@ -241,7 +263,7 @@ class _RCS:
         projector = self.model.projector
         fixed = {f"projector.{n}": p.detach() for n, p in projector.named_parameters()}
         fixed.update({f"projector.{n}": b for n, b in projector.named_buffers()})
-        epoch, method = self.epoch, self.method
+        epoch, method = self.epoch, self.loss_method
 
         def loss(theta: dict[str, torch.Tensor], z_clean: torch.Tensor, z_adv: torch.Tensor,
                  z_orig: torch.Tensor) -> torch.Tensor:
@@ -279,8 +301,8 @@ class _RCS:
         return torch.cat([g.reshape(-1) for g in grads])
 
     def select(self, rank: int, world: int) -> tuple[torch.Tensor, list[float]]:
-        batches = partition(self.images.shape[0], self.config.train.batch_size, self.seed, self.epoch)
-        picks = budget_batches(self.images.shape[0], self.c.fraction, self.config.train.batch_size)
+        batches = candidate_batches(self.images.shape[0], self.config, self.epoch)
+        picks = budget_batches(batches.numel(), self.c.fraction, self.config.train.batch_size)
         chosen, gains = [], []
         for start, end, chunk_picks_ in chunk_picks(batches.shape[0], picks, self.c.chunk_batches):
             if not chunk_picks_:
@@ -381,8 +403,8 @@ def select_coreset(model: nn.Module, method: Any, config: Any, epoch: int, image
     c, batch = config.coreset, config.train.batch_size
     started = time.perf_counter()
     if c.mode == "random":
-        batches = partition(images.shape[0], batch, config.train.seed, epoch)
-        picks = budget_batches(images.shape[0], c.fraction, batch)
+        batches = candidate_batches(images.shape[0], config, epoch)
+        picks = budget_batches(batches.numel(), c.fraction, batch)
         generator = torch.Generator().manual_seed(config.train.seed * 1_000_003 + epoch * _PARTITION_SALT + 2)
         order = torch.randperm(batches.shape[0], generator=generator)[:picks]
         return Selection(epoch, "random", batches[order].reshape(-1), [], time.perf_counter() - started)

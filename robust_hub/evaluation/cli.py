@@ -7,6 +7,7 @@ import argparse
 from robust_hub.cli import OneLineParser, run_with_errors
 from robust_hub.config import parse_fraction
 from robust_hub.errors import RobustHubError
+from robust_hub.evaluation.presets import PRESETS
 
 
 def _eps(text: str) -> float:
@@ -44,6 +45,9 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--n-test", type=int, default=None, help="use only the first N test images")
     p.add_argument("--n-autoattack", type=int, default=None, help="run AutoAttack on the first N test images only")
     p.add_argument("--epochs", type=int, default=None, help="override the epochs of every protocol")
+    p.add_argument("--preset", default="uniform", choices=PRESETS, help="finetuning settings: uniform (the "
+                   "default, equal conditions for every model) or the RobustSSL benchmark's per-method settings, to "
+                   "reproduce a published row; named in every record")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="[PROTOCOL.]KEY=VALUE",
                    help="override a protocol setting, e.g. --set slf.lr=0.05 --set train_attack.steps=5 (repeatable)")
     p.add_argument("--c10c-dir", default=None, help="directory with the official CIFAR-10-C .npy files")
@@ -84,6 +88,7 @@ def run_eval_command(args: argparse.Namespace) -> int:
         c10c_generate=args.c10c_generate, c10c_n_per_severity=args.c10c_n_per_severity,
         autoattack_version=args.autoattack_version, autoattack_chunk_size=args.autoattack_chunk_size,
         batch_size=args.batch_size, device=args.device, progress=not args.no_progress, overwrite=args.overwrite,
+        preset=args.preset,
     )
     return 0
 

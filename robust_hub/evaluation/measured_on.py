@@ -62,6 +62,7 @@ class MeasuredOn:
 
 def measured_on(record: dict[str, Any]) -> MeasuredOn:
     """The one derivation of a record's measurement scope, used by every renderer."""
+    from robust_hub.evaluation.presets import PRESETS, UNIFORM, preset_settings
     from robust_hub.evaluation.protocols import LINEAR_LR, default_protocol_config
 
     settings, dataset = record["protocol"]["settings"], record["dataset"]
@@ -72,14 +73,18 @@ def measured_on(record: dict[str, Any]) -> MeasuredOn:
     aa_subset = n_aa if uses_aa and isinstance(n_aa, int) and n_aa < dataset["n_test"] else None
     changed = []
     name = record["protocol"]["name"]
-    default = default_protocol_config(name, eps=record["threat"]["eps"], norm=record["threat"]["norm"]).to_dict()
     short = Path(dataset["source"]).name.lower()
+    image_size = settings.get("image_size") or 32
+    default = default_protocol_config(name, short, eps=record["threat"]["eps"], norm=record["threat"]["norm"],
+                                      image_size=image_size).to_dict()
+    preset = settings.get("preset", UNIFORM)  # a named preset's settings are what it promises, not a change
+    default.update(preset_settings(preset, name, short, image_size) if preset in PRESETS else {})
     for key, value in sorted(settings.items()):
-        if key in _IGNORED or key not in default or (key == "lr" and short not in LINEAR_LR):
+        # an unknown dataset's lr has no benchmark value to compare with
+        if key in _IGNORED or key not in default or (key == "lr" and short not in LINEAR_LR and short != "stl10"):
             continue
-        want = LINEAR_LR[short] if key == "lr" and name in ("slf", "alf") else default[key]
-        if _norm(value) != _norm(want):
-            changed.append((key, value, want))
+        if _norm(value) != _norm(default[key]):
+            changed.append((key, value, default[key]))
     return MeasuredOn(dataset["n_test"], full.get("test"), dataset["n_train"], full.get("train"), aa_subset,
                       tuple(changed))
 

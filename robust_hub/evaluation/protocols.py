@@ -3,7 +3,8 @@
 - SLF: encoder frozen in eval mode, a linear head trained on clean cross-entropy.
 - ALF: as SLF, the head trained on PGD-10 examples (step eps/4, random start, CE) crafted against
   the frozen encoder + head.
-- AFF: the whole network trained with TRADES (beta 6), inner PGD-10 from x + 0.001 * N(0,1). As in the
+- AFF: the whole network trained with TRADES (beta 6), inner PGD-10 from x + 0.001 * N(0,1)
+  (``trades_start_noise``; DynACL++ starts at x). As in the
   TRADES reference code, the inner attack runs with the network in eval mode and the loss in train
   mode. A dual-BN robust-hub backbone uses its default (pgd) route throughout.
 
@@ -29,7 +30,11 @@ from robust_hub.evaluation.attacks import PGDConfig, pgd, trades_attack, trades_
 PROTOCOLS = ("slf", "alf", "aff")
 # "own": no finetuning, the model's own classifier head (a supervised adversarially trained classifier).
 ALL_PROTOCOLS = (*PROTOCOLS, "own")
-LINEAR_LR = {"cifar10": 0.01, "cifar100": 0.05, "stl10": 0.1}
+LINEAR_LR = {"cifar10": 0.01, "cifar100": 0.05}
+# The benchmark finetunes STL-10 in two settings (method.md): 32x32 images, or its native 96x96 for 96x96 models.
+STL10_SETTINGS = {32: {"slf": {"lr": 0.01, "batch_size": 128}, "alf": {"lr": 0.01, "batch_size": 128}},
+                  96: {"slf": {"lr": 0.1, "batch_size": 512}, "alf": {"lr": 0.1, "batch_size": 512},
+                       "aff": {"milestones": (10, 20)}}}
 
 
 @dataclass(frozen=True)
@@ -47,6 +52,8 @@ class ProtocolConfig:
     augment: bool = True
     train_attack: PGDConfig | None = None
     trades_beta: float | None = None
+    trades_start_noise: float = 0.001  # std of the Gaussian noise TRADES' inner attack starts from (0: at x)
+    first_epoch_lr: float | None = None  # the first epoch at this lr, then as the schedule goes on from it
 
     def __post_init__(self) -> None:
         if self.name not in ALL_PROTOCOLS:
@@ -65,19 +72,25 @@ class ProtocolConfig:
         return d
 
 
-def default_protocol_config(name: str, dataset: str = "cifar10", *, eps: float = 8 / 255, norm: str = "linf") -> ProtocolConfig:
-    """method.md's defaults for ``name`` on ``dataset`` (a short name; others get CIFAR-10's lr)."""
+def default_protocol_config(name: str, dataset: str = "cifar10", *, eps: float = 8 / 255, norm: str = "linf",
+                            image_size: int = 32) -> ProtocolConfig:
+    """method.md's defaults for ``name`` on ``dataset`` (a short name; others get CIFAR-10's lr); STL-10 takes
+    the benchmark's setting for its ``image_size`` (32, or 96 for models that take 96x96 images)."""
     name = name.lower()
     attack = PGDConfig(eps=eps, alpha=eps / 4, steps=10, norm=norm, random_start=True)
     if name == "slf":
-        return ProtocolConfig("slf", lr=LINEAR_LR.get(dataset, 0.01))
-    if name == "alf":
-        return ProtocolConfig("alf", lr=LINEAR_LR.get(dataset, 0.01), train_attack=attack)
-    if name == "own":
+        cfg = ProtocolConfig("slf", lr=LINEAR_LR.get(dataset, 0.01))
+    elif name == "alf":
+        cfg = ProtocolConfig("alf", lr=LINEAR_LR.get(dataset, 0.01), train_attack=attack)
+    elif name == "own":
         return ProtocolConfig("own", epochs=0, augment=False)
-    if name == "aff":
-        return ProtocolConfig("aff", lr=0.1, batch_size=128, milestones=(15, 20), train_attack=attack, trades_beta=6.0)
-    raise RobustHubError(f"unknown protocol {name!r}; choose from {', '.join(PROTOCOLS)}")
+    elif name == "aff":
+        cfg = ProtocolConfig("aff", lr=0.1, batch_size=128, milestones=(15, 20), train_attack=attack, trades_beta=6.0)
+    else:
+        raise RobustHubError(f"unknown protocol {name!r}; choose from {', '.join(PROTOCOLS)}")
+    if dataset == "stl10":
+        cfg = dataclasses.replace(cfg, **STL10_SETTINGS[96 if image_size == 96 else 32].get(name, {}))
+    return cfg
 
 
 def _coerce(value, like, key: str):
@@ -147,7 +160,7 @@ def _loss(cfg: ProtocolConfig, model: Classifier, x: torch.Tensor, y: torch.Tens
         x_adv = pgd(model, x, y, cfg.train_attack)
         return F.cross_entropy(model(x_adv), y)
     model.eval()
-    x_adv = trades_attack(model, x, cfg.train_attack)
+    x_adv = trades_attack(model, x, cfg.train_attack, init_std=cfg.trades_start_noise)
     model.train()
     return trades_loss(model(x), model(x_adv), y, cfg.trades_beta)
 
@@ -202,7 +215,10 @@ def finetune(
     gen = torch.Generator().manual_seed(seed)
     steps_per_epoch = -(-len(images) // cfg.batch_size)
     bar = tqdm(total=cfg.epochs * steps_per_epoch, desc=f"{cfg.name} finetune", disable=not progress, leave=False)
-    for _ in range(cfg.epochs):
+    for epoch in range(cfg.epochs):
+        if epoch == 0 and cfg.first_epoch_lr is not None:  # MultiStepLR then goes on from this lr, as the benchmark's
+            for group in opt.param_groups:
+                group["lr"] = cfg.first_epoch_lr
         order = torch.randperm(len(images), generator=gen)
         for i in range(0, len(images), cfg.batch_size):
             idx = order[i:i + cfg.batch_size]

@@ -28,6 +28,7 @@ from robust_hub.io import read_marker, write_marker
 from robust_hub.evaluation.verdict import Measurement, decide, measure_gradients
 from robust_hub.evaluation.corruptions import clean_accuracy, corruption_accuracy, generate_corruption_set, load_cifar10c
 from robust_hub.evaluation.loading import EvalBackbone, load_backbone
+from robust_hub.evaluation.presets import UNIFORM, check_preset, preset_settings
 from robust_hub.evaluation.protocols import (ALL_PROTOCOLS, PROTOCOLS, Classifier, ProtocolConfig, default_protocol_config, finetune,
                                              with_overrides)
 from robust_hub.evaluation.records import (METRIC_NAMES, SCHEMA_VERSION, DatasetSection, EvalRecord, ModelSection,
@@ -37,7 +38,7 @@ from robust_hub.evaluation.records import (METRIC_NAMES, SCHEMA_VERSION, Dataset
 DATASET_ALIASES = {
     "cifar10": ("uoft-cs/cifar10", {}),
     "cifar100": ("uoft-cs/cifar100", {"label_column": "fine_label"}),
-    "stl10": ("tanganke/stl10", {"image_size": 32}),
+    "stl10": ("tanganke/stl10", {}),  # 32x32 or its native 96x96, per model (dataset_image_size)
 }
 DEFAULT_METRICS = ("clean", "pgd20", "autoattack")
 
@@ -85,9 +86,19 @@ def _sha(*tensors: torch.Tensor) -> str:
     return h.hexdigest()
 
 
-def load_split(dataset: str, split: str) -> SplitData:
-    """Load ``split`` of a dataset name (cifar10, cifar100, stl10) or any source the data layer reads."""
+def dataset_image_size(dataset_name: str, backbone: EvalBackbone) -> int | None:
+    """The size to load ``dataset_name`` at: STL-10 at its native 96x96 for models that take 96x96 images and
+    at 32x32 otherwise (the benchmark's two settings); other datasets as stored (None)."""
+    if dataset_name != "stl10":
+        return None
+    return 96 if tuple(backbone.input_size or ()) == (96, 96) else 32
+
+
+def load_split(dataset: str, split: str, image_size: int | None = None) -> SplitData:
+    """Load ``split`` of a dataset name (cifar10, cifar100, stl10) or any source the data layer reads,
+    resized to ``image_size`` when given."""
     source, kwargs = DATASET_ALIASES.get(dataset.lower(), (dataset, {}))
+    kwargs = {**kwargs, "image_size": image_size} if image_size else kwargs
     try:
         from robust_hub.data import load_image_dataset  # type: ignore[attr-defined]
     except ImportError as exc:
@@ -165,6 +176,7 @@ class EvalOptions:
     device: torch.device
     progress: bool
     attack_masked_models: bool = False
+    preset: str = UNIFORM
 
 
 def _parse_metrics(metrics: Sequence[str] | str | None, c10c: bool) -> tuple[str, ...]:
@@ -192,11 +204,15 @@ def _resolve_device(device: str | torch.device | None) -> torch.device:
     return resolve_device(device)
 
 
-def _protocol_configs(names, dataset_name: str, opts: EvalOptions, overrides: dict | None) -> list[ProtocolConfig]:
+def _protocol_configs(names, dataset_name: str, opts: EvalOptions, overrides: dict | None,
+                      image_size: int | None = None) -> list[ProtocolConfig]:
+    """Each protocol's settings: the uniform defaults, then the preset's changes, then the user's overrides."""
     overrides = dict(overrides or {})
     configs = []
     for name in names:
-        cfg = default_protocol_config(name, dataset_name, eps=opts.eps, norm=opts.norm)
+        size = image_size or 32
+        cfg = default_protocol_config(name, dataset_name, eps=opts.eps, norm=opts.norm, image_size=size)
+        cfg = with_overrides(cfg, preset_settings(opts.preset, name, dataset_name, size))
         general = {k: v for k, v in overrides.items() if "." not in k or k.startswith("train_attack.")}
         specific = {k.split(".", 1)[1]: v for k, v in overrides.items() if k.startswith(f"{name}.")}
         if cfg.train_attack is None:
@@ -239,6 +255,7 @@ def evaluate(
     print_table: bool = True,
     attack_masked_models: bool = False,
     overwrite: bool = False,
+    preset: str = UNIFORM,
 ) -> list[dict]:
     """Evaluate ``model`` under each protocol on ``dataset``; returns the records (as dicts).
 
@@ -249,7 +266,8 @@ def evaluate(
     with ``attack_masked_models=True`` the attacks still run and their numbers go under
     ``metrics["untrusted"]``.
     ``protocol_overrides`` maps ``KEY`` or ``PROTOCOL.KEY`` (e.g. ``"slf.epochs"``,
-    ``"train_attack.steps"``) to values. Records already in ``out_dir`` are reused, not recomputed.
+    ``"train_attack.steps"``) to values; they apply on top of ``preset`` (``uniform``, or the benchmark's
+    per-method settings ``benchmark:<method>``). Records already in ``out_dir`` are reused, not recomputed.
     """
     t_start = time.perf_counter()
     validate_eval_arguments(out_dir=out_dir, n_train=n_train, n_test=n_test, n_autoattack=n_autoattack,
@@ -264,7 +282,7 @@ def evaluate(
                        int(seed), n_train, n_test, n_autoattack, tuple(float(e) for e in eps_curve), eps_curve_attack,
                        None if c10c_dir is None else str(c10c_dir), bool(c10c_generate), c10c_n_per_severity,
                        autoattack_version, autoattack_chunk_size, batch_size, _resolve_device(device), progress,
-                       attack_masked_models)
+                       attack_masked_models, check_preset(preset))
     if opts.eps < 0 or any(e < 0 for e in opts.eps_curve):
         raise RobustHubError("eps must be non-negative")
     if opts.norm == "linf" and max([opts.eps, *opts.eps_curve]) > 1:
@@ -272,12 +290,14 @@ def evaluate(
     if "c10c" in opts.metrics and opts.c10c_dir is None and not opts.c10c_generate:
         raise RobustHubError("the c10c metric needs --c10c-dir (official CIFAR-10-C files) or --c10c-generate")
     dataset_name = dataset.lower() if isinstance(dataset, str) else "custom"
-    configs = _protocol_configs(names, dataset_name, opts, protocol_overrides)
+    configs = _protocol_configs(names, dataset_name, opts, protocol_overrides)  # checked before any work
 
     t0 = time.perf_counter()
     backbone = load_backbone(model, revision=revision, allow_pickle=allow_pickle)
+    image_size = dataset_image_size(dataset_name, backbone)
+    configs = _protocol_configs(names, dataset_name, opts, protocol_overrides, image_size)
     if isinstance(dataset, str):
-        train, test = load_split(dataset, train_split), load_split(dataset, test_split)
+        train, test = load_split(dataset, train_split, image_size), load_split(dataset, test_split, image_size)
     else:
         train, test = SplitData.from_dataset(dataset[0], train_split), SplitData.from_dataset(dataset[1], test_split)
     train, test = train.head(opts.n_train), test.head(opts.n_test)
@@ -303,8 +323,8 @@ def _evaluate_protocol(backbone: EvalBackbone, cfg: ProtocolConfig, train: Split
                        opts: EvalOptions, out: Path, load_time: float) -> EvalRecord:
     info = backbone.info
     key = record_key(info.id, info.revision, cfg.name, test.source, list(opts.metrics), opts.norm, opts.eps)
-    settings = {**cfg.to_dict(), "eval": {**_eval_settings(opts),
-                                          "full_sizes": {"train": train.whole_size, "test": test.whole_size}}}
+    settings = {**cfg.to_dict(), "preset": opts.preset, "image_size": int(test.images.shape[-1]),
+                "eval": {**_eval_settings(opts), "full_sizes": {"train": train.whole_size, "test": test.whole_size}}}
     dataset = DatasetSection(test.source, test.split, test.fingerprint, num_classes, train.split, train.fingerprint,
                              len(train.images), len(test.images))
     seeds = {"finetune": opts.seed, "attack": opts.seed}

@@ -47,12 +47,24 @@ IR_DIVERGENCE_NOTES = {"reference": "as the reference code computes it, which pr
                        "paper": "the textbook KL of the paper's formula"}
 
 
+def split_text(config: RunConfig) -> str:
+    """The split, and the subset of it when ``data.subset`` cut the run to the first N images."""
+    d = config.data
+    return d.split if d.subset is None else f"{d.split}, first {d.subset} images only (data.subset)"
+
+
+SELECTION_VARIANTS = {("row_mean", "acl"): "the reference's selection (row-mean gains, plain ACL loss)"}
+
+
 def coreset_line(config: RunConfig) -> str | None:
     c = config.coreset
     if c.mode == "none":
         return None
     what = "RCS (robustness-aware coreset selection)" if c.mode == "rcs" else "a random subset (baseline)"
-    detail = f", RD {c.rd}, {c.approximation.replace('_', '-')} gradients, eta {c.eta:g}" if c.mode == "rcs" else ""
+    variant = SELECTION_VARIANTS.get((c.gain_vector, c.selection_loss), "a variant of the reference's selection")
+    detail = (f", RD {c.rd}, {c.approximation.replace('_', '-')} gradients, gains on {c.gain_vector.replace('_', '-')} "
+              f"vectors, selection loss {c.selection_loss}, effective step eta {c.eta:g}: {variant}"
+              if c.mode == "rcs" else "")
     return (f"{what}, fraction {c.fraction:g}, full set for {c.warmup_epochs} epochs, then a new coreset every "
             f"{c.interval} epochs{detail}")
 

@@ -159,6 +159,10 @@ def run_training(config: RunConfig, resume: str | bool | None, trainer_class: ty
 def _load_data(config: RunConfig) -> tuple[ImageDataset, ImageDataset]:
     d = config.data
     dataset = load_image_dataset(d.source, d.split, image_size=d.image_size, cache_dir=d.cache_dir)
+    if d.subset is not None:  # before the validation split, so training, RCS and its validation all see only these
+        if d.subset > len(dataset):
+            raise RobustHubError(f"data.subset={d.subset} is more than the {len(dataset)} images of {d.source} ({d.split})")
+        dataset = dataset.subset(range(d.subset))
     train_set, val_set = dataset.split_validation(d.val_fraction, seed=config.train.seed)
     if len(train_set) < config.train.batch_size:
         raise RobustHubError(
@@ -199,7 +203,8 @@ def _write_run_files(accelerator: Accelerator, config: RunConfig, out: Path,
     write_json_atomic(out / "environment.json", environment(
         seeds={"seed": config.train.seed, "per_process": "seed + process_index"},
         extra={"num_processes": accelerator.num_processes, "mixed_precision": accelerator.mixed_precision,
-               "data": {"source": config.data.source, "fingerprint": getattr(train_set, "fingerprint", None),
+               "data": {"source": config.data.source, "subset": config.data.subset,
+                        "fingerprint": getattr(train_set, "fingerprint", None),
                         "train_images": len(train_set), "val_images": len(val_set)}},
     ))
 
@@ -415,7 +420,8 @@ class _Trainer:
                                      "num_processes": acc.num_processes, "mixed_precision": acc.mixed_precision,
                                      "hardware": _describe_hardware(env["hardware"], acc),
                                      "wall_time": f"{time.time() - self.started:.0f} s (this process)",
-                                     "data": {"source": self.config.data.source, "images": len(self.train_set),
+                                     "data": {"source": self.config.data.source, "subset": self.config.data.subset,
+                                              "images": len(self.train_set),
                                               "fingerprint": getattr(self.train_set, "fingerprint", None)},
                                      "run": self.what_it_did()}}
             extra_files = {"training_loss.png": loss_curve_png(p.losses, f"{self.method.label} on "

@@ -2,10 +2,15 @@
 
 1. Features of the un-augmented training images through the clean (``normal``) route, model in
    eval mode; k-means with k = the number of classes gives a pseudo-label per image.
-2. A linear head on the frozen encoder is trained on those labels (10 epochs, SGD lr 0.01): the
-   evaluation suite's SLF protocol with those settings.
-3. The whole network is finetuned with TRADES on the pseudo-labels (25 epochs): the suite's AFF
-   protocol, started from the head of step 2.
+2. A linear head, initialised to zero, is trained on those labels on the frozen encoder (10 epochs,
+   SGD lr 0.01, momentum 0.9, weight decay 1e-4): the evaluation suite's SLF code with these settings.
+3. The whole network is finetuned with TRADES on the pseudo-labels, started from the head of step 2
+   (25 epochs, SGD lr 0.1, momentum 0.9, weight decay 1e-4, batch 512, lr x0.1 at epochs 10 and 20,
+   the inner attack starting at x itself): the suite's AFF code with these settings.
+
+These are the reference's post-processing (DynACL's LPAFT) settings (method.md); they differ from the
+evaluation protocols' SLF and AFF, which keep theirs. Starting TRADES' attack at x, as the reference does,
+means its first step follows the sign of a KL gradient that is zero up to rounding at x.
 
 The k-means is scikit-learn's (Lloyd's algorithm, k-means++ seeding, several restarts), on the
 CPU: no GPU k-means is among robust-hub's dependencies, and one clustering of N x 512 features
@@ -45,6 +50,10 @@ class PostprocessConfig:
     linear_lr: float = 0.01
     trades_epochs: int = 25
     n_train: int | None = None  # first N images only (smoke runs)
+    weight_decay: float = 1e-4  # both steps, as the reference LPAFT (the evaluation protocols use 2e-4)
+    trades_batch_size: int = 512
+    trades_milestones: tuple[int, ...] = (10, 20)
+    trades_start_noise: float = 0.0  # the TRADES attack starts at x (the AFF protocol adds 0.001 N(0,1))
     seed: int = 0
     batch_size: int = 256  # feature extraction
 
@@ -76,6 +85,14 @@ def pseudo_labels(features: np.ndarray, clusters: int, seed: int) -> np.ndarray:
     return KMeans(n_clusters=clusters, n_init=10, random_state=seed).fit_predict(features).astype(np.int64)
 
 
+def zero_head(num_features: int, classes: int) -> torch.nn.Linear:
+    """The reference's starting head: weights and bias all zero."""
+    head = torch.nn.Linear(num_features, classes)
+    torch.nn.init.zeros_(head.weight)
+    torch.nn.init.zeros_(head.bias)
+    return head
+
+
 def postprocess(model: RobustBackbone, source_id: str, images: torch.Tensor, cfg: PostprocessConfig,
                 num_classes: int | None, device: str | torch.device = "cpu") -> tuple[RobustBackbone, dict[str, Any]]:
     """DynACL++ on ``images`` (uint8 ``[N,3,H,W]``); returns the finetuned backbone and what was done."""
@@ -86,15 +103,19 @@ def postprocess(model: RobustBackbone, source_id: str, images: torch.Tensor, cfg
     model = model.to(device)
     labels = torch.from_numpy(pseudo_labels(clean_features(model, images, cfg.batch_size, device), k, cfg.seed))
     log.info("k-means: %d clusters over %d images, sizes %s", k, len(labels), torch.bincount(labels, minlength=k).tolist())
-    linear = dataclasses.replace(default_protocol_config("slf"), epochs=cfg.linear_epochs, lr=cfg.linear_lr)
-    probed = finetune(model, model.num_features, images, labels, k, linear, seed=cfg.seed, device=device)
-    trades = dataclasses.replace(default_protocol_config("aff"), epochs=cfg.trades_epochs)
+    linear = dataclasses.replace(default_protocol_config("slf"), epochs=cfg.linear_epochs, lr=cfg.linear_lr,
+                                 weight_decay=cfg.weight_decay)
+    probed = finetune(model, model.num_features, images, labels, k, linear, seed=cfg.seed, device=device,
+                      head=zero_head(model.num_features, k))
+    trades = dataclasses.replace(default_protocol_config("aff"), epochs=cfg.trades_epochs, weight_decay=cfg.weight_decay,
+                                 batch_size=cfg.trades_batch_size, milestones=cfg.trades_milestones,
+                                 trades_start_noise=cfg.trades_start_noise)
     tuned = finetune(model, model.num_features, images, labels, k, trades, seed=cfg.seed, device=device,
                      head=probed.head)
     backbone = tuned.encoder.cpu().eval()
     record = {"source_model": source_id, "method": "DynACL++", "settings": dataclasses.asdict(cfg), "clusters": k,
               "cluster_sizes": torch.bincount(labels, minlength=k).tolist(), "num_images": len(images),
-              "linear_protocol": linear.to_dict(), "trades_protocol": trades.to_dict(),
+              "linear_protocol": {**linear.to_dict(), "head_init": "zero"}, "trades_protocol": trades.to_dict(),
               "kmeans": "scikit-learn KMeans (k-means++, n_init=10) on CPU", "wall_time_s": round(time.time() - started, 1),
               "versions": environment(seeds={"seed": cfg.seed})["versions"]}
     return backbone, record
