@@ -1,0 +1,64 @@
+"""`robust-hub --help` and argument errors answer at once: nothing heavy is imported before parsing.
+
+Each check runs in a fresh interpreter (this test process has long imported torch). Importing robust_hub stays
+cheap, and robust-hub's architectures still reach timm's registry whichever of the two is imported first.
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+HEAVY = ("torch", "timm", "transformers", "accelerate", "numpy", "huggingface_hub", "datasets", "sklearn")
+COMMANDS = ("pretrain", "convert", "postprocess", "inspect", "push", "eval", "card", "submit", "leaderboard")
+
+
+def _run(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+
+
+def _imported_after(argv: list[str], entry: str = "from robust_hub.cli import main") -> tuple[int, list[str], str]:
+    code = (f"import sys, json\n{entry}\n"
+            f"try:\n    main({argv!r})\nexcept SystemExit as exit:\n    code = exit.code\n"
+            f"print(json.dumps([code, sorted(m for m in {HEAVY!r} if m in sys.modules)]), file=sys.stderr)")
+    done = _run(code)
+    code, heavy = json.loads(done.stderr.strip().splitlines()[-1])
+    return code, heavy, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("argv", [["--help"], *[[c, "--help"] for c in COMMANDS]])
+def test_help_imports_nothing_heavy(argv):
+    code, heavy, output = _imported_after(argv)
+    assert code == 0 and "usage:" in output
+    assert heavy == [], f"`robust-hub {' '.join(argv)}` imported {heavy}"
+
+
+@pytest.mark.parametrize("argv", [["frobnicate"], ["eval"], ["eval", "m", "--out", "o", "--batch-size", "many"],
+                                  ["pretrain", "--resume", "a", "--bogus"]])
+def test_argument_errors_import_nothing_heavy(argv):
+    code, heavy, output = _imported_after(argv)
+    assert code == 2 and "error:" in output
+    assert heavy == []
+
+
+def test_trainer_help_imports_nothing_heavy():
+    code = ("import sys, runpy\nsys.argv = ['trainers/pretrain.py', '--help']\n"
+            "try:\n    runpy.run_path('trainers/pretrain.py', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+            f"print(sorted(m for m in {HEAVY!r} if m in sys.modules), file=sys.stderr)")
+    done = _run(code)
+    assert "usage:" in done.stdout and done.stderr.strip().splitlines()[-1] == "[]"
+
+
+@pytest.mark.parametrize("order", ["robust_hub first", "timm first", "transformers checks timm first"])
+def test_architectures_reach_timm_whichever_is_imported_first(order):
+    first = {"robust_hub first": "import robust_hub\nimport timm",
+             "timm first": "import timm\nimport robust_hub",
+             # transformers asks importlib.util.find_spec('timm') before it imports timm
+             "transformers checks timm first": "import robust_hub, importlib.util\nimportlib.util.find_spec('timm')\n"
+                                               "import timm"}[order]
+    done = _run(f"{first}\nprint(timm.is_model('robust_resnet_tiny'), timm.create_model('robust_resnet_tiny').num_features)")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["True", "128"]
