@@ -9,6 +9,7 @@ request); a download whose checksum differs is deleted and reported. Nothing unv
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import logging
 import os
@@ -19,6 +20,8 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+
+from tqdm.auto import tqdm
 
 from robust_hub.errors import RobustHubError
 from robust_hub.cache import cache_home
@@ -82,23 +85,26 @@ def _download(url: str, part: Path, progress: bool) -> None:
     """Fetch ``url`` into ``part``, resuming what an earlier run left there; an error if the transfer stops short."""
     have = part.stat().st_size if part.is_file() else 0
     request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
+    done, total = have, None
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
-            resumed = have and response.status == 206
-            total = _expected_size(response, have if resumed else 0)
-            with open(part, "ab" if resumed else "wb") as out:
-                done = have if resumed else 0
+            resumed = bool(have) and response.status == 206  # else the server sent the whole file again
+            done = have if resumed else 0
+            total = _expected_size(response, done)
+            with open(part, "ab" if resumed else "wb") as out, \
+                    tqdm(total=total, initial=done, unit="B", unit_scale=True, desc=part.name, disable=not progress) as bar:
                 while chunk := response.read(CHUNK):
                     out.write(chunk)
                     done += len(chunk)
+                    bar.update(len(chunk))
     except urllib.error.HTTPError as error:
         if error.code == 416 and have:  # the range starts at the end: the .part is already whole
             return
         raise RobustHubError(f"cannot download {url}: HTTP {error.code} {error.reason}") from None
-    except (urllib.error.URLError, OSError) as error:
-        reason = getattr(error, "reason", error)
-        raise RobustHubError(f"download of {url} stopped ({reason}); {part} keeps what arrived, run again to "
-                             "resume") from None
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as error:
+        reason = getattr(error, "reason", None) or type(error).__name__
+        raise RobustHubError(f"download of {url} stopped after {done} bytes ({reason}); {part} keeps what "
+                             "arrived, run again to resume") from None
     if total is not None and done < total:
         raise RobustHubError(f"download of {url} stopped at {done} of {total} bytes; {part} keeps what arrived, "
                              "run again to resume")
