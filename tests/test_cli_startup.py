@@ -62,3 +62,19 @@ def test_architectures_reach_timm_whichever_is_imported_first(order):
     done = _run(f"{first}\nprint(timm.is_model('robust_resnet_tiny'), timm.create_model('robust_resnet_tiny').num_features)")
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["True", "128"]
+
+
+def test_loading_with_transformers_needs_import_robust_hub_and_every_place_users_look_says_so(tmp_path):
+    import robust_hub
+
+    robust_hub.create_backbone("robust_resnet_tiny").save_pretrained(str(tmp_path / "m"))
+    load = f"from transformers import AutoModel\nAutoModel.from_pretrained({str(tmp_path / 'm')!r})\nprint('loaded')"
+    without = _run(load)
+    assert without.returncode != 0 and "upgrade timm" in without.stderr  # the misleading message users meet
+    assert _run(f"import robust_hub\n{load}").stdout.strip() == "loaded"
+    first_paragraph = (REPO / "README.md").read_text().split("\n\n")[1]
+    assert "`import robust_hub` first" in first_paragraph and "upgrade timm" in first_paragraph
+    for card in (REPO / "model_cards").glob("*.md"):
+        snippet = card.read_text().split("```python\n", 1)[1]
+        assert snippet.startswith("import robust_hub    # first, for timm and transformers too"), card.name
+        assert "upgrading does not help, the import does" in card.read_text(), card.name

@@ -416,8 +416,7 @@ class _Trainer:
                 facts["coreset_plot"], extra_files["coreset_selections.png"] = "coreset_selections.png", self._selections_plot()
             card = render_backbone_card(self.raw_model, self.config, facts)
             self.raw_model.save_pretrained(str(model_dir), metadata=metadata, model_card=card,
-                                           extra_files=extra_files)
-            log.info("model written to %s", model_dir)
+                                           extra_files=extra_files)  # the command line says where, once
         acc.wait_for_everyone()
         return model_dir
 
