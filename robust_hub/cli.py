@@ -163,7 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Libraries that log every HTTP request (push, submit and the leaderboard make hundreds) at INFO, and
 # Accelerate's checkpointing, whose INFO lines name the temporary folder a checkpoint is staged in.
-QUIET_LOGGERS = ("httpx", "httpcore", "urllib3", "accelerate.accelerator", "accelerate.checkpointing")
+QUIET_LOGGERS = ("httpx", "httpx2", "httpcore", "httpcore2", "urllib3",
+                 "accelerate.accelerator", "accelerate.checkpointing")
 
 
 def is_main_process() -> bool:

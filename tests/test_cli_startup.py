@@ -78,3 +78,18 @@ def test_loading_with_transformers_needs_import_robust_hub_and_every_place_users
         snippet = card.read_text().split("```python\n", 1)[1]
         assert snippet.startswith("import robust_hub    # first, for timm and transformers too"), card.name
         assert "upgrading does not help, the import does" in card.read_text(), card.name
+
+
+def test_push_logs_no_line_per_http_request(hub, tmp_path, caplog, monkeypatch):
+    import logging
+
+    import robust_hub
+    from robust_hub.cli import QUIET_LOGGERS, main
+
+    for name in QUIET_LOGGERS:  # main() sets these levels; put them back after the test
+        monkeypatch.setattr(logging.getLogger(name), "level", logging.getLogger(name).level)
+    robust_hub.create_backbone("robust_resnet_tiny").save_pretrained(str(tmp_path / "m"))
+    caplog.set_level(logging.INFO)
+    assert main(["push", str(tmp_path / "m"), "org/quiet"]) == 0
+    http_lines = [r.getMessage() for r in caplog.records if r.name.startswith(("httpx", "httpcore", "urllib3"))]
+    assert http_lines == [] and not any("HTTP Request" in r.getMessage() for r in caplog.records)
