@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,6 +45,7 @@ def test_every_config_the_readme_names_exists_and_loads():
         load_config(REPO / "configs" / name)
 
 
+@pytest.mark.timeout(1200)  # the launcher, a short run and the probe in a fresh process; 10 min on a loaded 2-core CPU
 def test_main_job_as_written_prints_its_probe_and_next_steps_once_and_no_library_noise(tmp_path):
     """The README's launch, flags as written (only shortened by overrides): what a new user sees at the end."""
     main_job, _ = readme_commands()

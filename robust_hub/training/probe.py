@@ -2,14 +2,15 @@
 initialisation, clean and under PGD, on the dataset's held-out test split.
 
 The probe is a linear classifier on frozen features (the backbone's default route, in eval mode), fitted to
-convergence with L-BFGS on the standardised features of the pre-training source's train split, without augmentation. It is
-scored on the test split, which took no part in pre-training or in fitting the probe: clean, and under the
-evaluation suite's PGD (8/255, step 2/255, random start) against the frozen backbone + probe.
+convergence with L-BFGS on the standardised features of the pre-training source's train split, without
+augmentation. It is scored on the test split, which took no part in pre-training or in fitting the probe: clean,
+and under the evaluation suite's PGD-20 (8/255, step 2/255, random start) against the frozen backbone + probe.
+It is not the suite's SLF (25 epochs of SGD with augmentation): that leaves a head on these few images far from
+converged, so the comparison would measure the optimiser more than the features.
 """
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +21,6 @@ from torch import nn
 from robust_hub.config import RunConfig
 from robust_hub.errors import RobustHubError
 
-log = logging.getLogger(__name__)
 EPS = 8 / 255
 PGD_STEPS = 20  # as the evaluation suite's PGD-20
 LBFGS_ITERATIONS = 500

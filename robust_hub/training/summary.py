@@ -26,7 +26,7 @@ def print_summary(config: RunConfig, model_dir: Path, *, pretrained: bool) -> No
           f"checkpoints/); training curves: tensorboard --logdir {out / 'logs'}")
     print("next:")
     print(f"  {tool} inspect {model_dir}")
-    print(f"  {tool} eval {model_dir} --protocols slf,alf --metrics clean,pgd20 --dataset {config.data.source} "
+    print(f"  {tool} eval {model_dir} --protocols slf --metrics clean,pgd20 --dataset {config.data.source} "
           f"--out {results}")
     print(f"  {tool} card {model_dir} --results {results}")
     print(f"  {_command('python')} -c \"import robust_hub; print(robust_hub.from_pretrained('{model_dir}'))\"")
