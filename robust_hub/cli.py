@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import sys
+import warnings
 from typing import Callable, Sequence
 
 from robust_hub.errors import RobustHubError
@@ -48,10 +49,10 @@ def run_pretrain_command(args: argparse.Namespace, train: Callable | None = None
     if result.stopped_by_signal:
         print(f"interrupted: checkpoint written to {result.checkpoint}; continue with --resume", file=sys.stderr)
         return 128 + result.stopped_by_signal
-    from accelerate import PartialState
+    if is_main_process():
+        from robust_hub.training.summary import print_summary
 
-    if PartialState().is_main_process:
-        print(f"model written to {result.model_dir}")
+        print_summary(config, result.model_dir, pretrained=train is None)
     return 0
 
 
@@ -169,13 +170,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Libraries that log every HTTP request (push, submit and the leaderboard make hundreds) at INFO, and
+# Accelerate's checkpointing, whose INFO lines name the temporary folder a checkpoint is staged in.
+QUIET_LOGGERS = ("httpx", "httpx2", "httpcore", "httpcore2", "urllib3",
+                 "accelerate.accelerator", "accelerate.checkpointing")
+
+
+def is_main_process() -> bool:
+    """Rank 0 of a multi-process launch (torchrun, accelerate), or a single process."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+def configure_logging() -> None:
+    """Every line once: the main process logs at INFO; under a multi-process launcher the others, which
+    run the same code, only report errors and drop Python warnings. Per-request and staging lines stay out."""
+    main = is_main_process()
+    logging.basicConfig(level=logging.INFO if main else logging.ERROR, format=LOG_FORMAT)
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    if not main:
+        warnings.simplefilter("ignore")
+
+
 def run_with_errors(run: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
     """Run a command; a RobustHubError becomes one ``error:`` line and exit status 2."""
-    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    configure_logging()
     try:
         return run(args)
     except RobustHubError as error:
-        if os.environ.get("RANK", "0") == "0":  # under a multi-process launcher every rank fails alike
+        if is_main_process():  # under a multi-process launcher every rank fails alike
             print(f"error: {error}", file=sys.stderr)
         return 2
 

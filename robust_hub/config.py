@@ -92,6 +92,7 @@ class TrainConfig:
     log_every: int = 10  # steps
     max_steps_per_epoch: int | None = None  # cut epochs short, for smoke runs (RCS then selects from as many minibatches)
     push_to_hub: str | None = None  # ORG/NAME: upload the model (with its card) when training ends
+    probe: bool = False  # at the end: a quick linear probe, pre-trained vs random init, on the held-out test split
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import itertools
 import json
+import os
 import shutil
 import subprocess
 import tempfile
@@ -16,13 +17,30 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--no-first-run", "--remote-debugging-port=0",
          "--window-size=1280,1600"]
 
 
+REQUIRE_BROWSER = "ROBUST_HUB_REQUIRE_BROWSER"  # .ci/run sets it: there a missing chromium fails the page test
+
+
 def chromium_path() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def chromium_or_skip() -> str:
+    """The chromium executable; without one the page test is skipped, saying how to run it (or fails in CI)."""
+    executable = chromium_path()
+    if executable is None:
+        reason = ("headless chromium not found: `apt-get install -y chromium` runs the leaderboard page test "
+                  "(.ci/run installs it)")
+        if os.environ.get(REQUIRE_BROWSER) == "1":
+            pytest.fail(f"{reason}; {REQUIRE_BROWSER}=1 requires it")
+        pytest.skip(reason)
+    return executable
 
 
 class Browser:

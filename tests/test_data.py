@@ -424,7 +424,7 @@ def test_cache_is_reused_written_atomically_and_self_healing(
     _write_tree(tmp_path / "tree", {f"c/{k}.png": a for k, a in enumerate(arrays)})
     monkeypatch.setenv("ROBUST_HUB_CACHE", str(tmp_path / "env_cache"))
     first = load_image_dataset(str(tmp_path / "tree"))
-    cached = tmp_path / "env_cache" / f"{first.fingerprint}.npy"
+    cached = tmp_path / "env_cache" / "datasets" / f"{first.fingerprint}.npy"
     assert cached.is_file() and sorted(p.name for p in cached.parent.iterdir()) == [cached.name]
     assert np.array_equal(np.load(cached, allow_pickle=False), first.images.numpy())
 

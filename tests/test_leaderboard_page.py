@@ -10,7 +10,7 @@ import pytest
 from robust_hub.leaderboard.render import build_site
 from robust_hub.leaderboard.store import LocalStore
 
-from browser import Browser, chromium_path
+from browser import Browser, chromium_or_skip
 from leaderboard_helpers import KEY, file_result, record
 
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
@@ -20,12 +20,21 @@ VISIBLE_MODELS = ("Array.from(document.querySelectorAll('#t1-table tbody tr'))"
 
 @pytest.fixture
 def browser():
-    executable = chromium_path()
-    if executable is None:  # .ci/run installs Debian's chromium; a dev machine without it is told how
-        pytest.fail("chromium is not installed: apt-get install -y chromium (what .ci/run does)")
-    b = Browser(executable)
+    b = Browser(chromium_or_skip())
     yield b
     b.close()
+
+
+def test_without_chromium_the_page_test_skips_naming_the_install_and_ci_fails(monkeypatch):
+    import browser as browser_module
+
+    monkeypatch.setattr(browser_module, "chromium_path", lambda: None)
+    monkeypatch.delenv("ROBUST_HUB_REQUIRE_BROWSER", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="apt-get install -y chromium"):
+        chromium_or_skip()
+    monkeypatch.setenv("ROBUST_HUB_REQUIRE_BROWSER", "1")
+    with pytest.raises(pytest.fail.Exception, match="ROBUST_HUB_REQUIRE_BROWSER=1 requires it"):
+        chromium_or_skip()
 
 
 def test_page_sorts_filters_and_shows_flags_in_chromium(tmp_path, browser):

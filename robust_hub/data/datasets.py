@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from robust_hub.cache import cache_home
 from robust_hub.data.embedded import SPLIT_SEED, TEST_FRACTION, render_embedded
 from robust_hub.errors import RobustHubError
 
@@ -155,7 +156,7 @@ def load_image_dataset(
     -1 and ``classes`` is empty. ``image_size`` resizes every image to that square size.
 
     Decoded images are cached as ``<fingerprint>.npy`` under ``cache_dir`` (default
-    ``$ROBUST_HUB_CACHE`` or ``~/.cache/robust_hub/datasets``); an explicit ``cache_dir``
+    ``datasets/`` under robust-hub's cache, see :mod:`robust_hub.cache`); an explicit ``cache_dir``
     also holds the ``datasets`` library's own cache, under ``hf/``. Any problem with the
     source raises ``RobustHubError``.
     """
@@ -662,8 +663,7 @@ def _rgb_array(image: Any) -> np.ndarray:
 def _cache_root(cache_dir: str | None) -> Path:
     if cache_dir:
         return Path(cache_dir).expanduser()
-    env = os.environ.get("ROBUST_HUB_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "robust_hub" / "datasets"
+    return cache_home() / "datasets"
 
 
 def _cache_load(path: Path, n: int, image_size: int | None) -> torch.Tensor | None:

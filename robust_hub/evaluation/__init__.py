@@ -1,19 +1,27 @@
 """The evaluation suite: SLF, ALF and AFF finetuning with clean, PGD-20, AutoAttack and CIFAR-10-C
-accuracy for any backbone, written as versioned, resumable JSON records."""
+accuracy for any backbone, written as versioned, resumable JSON records.
 
-from robust_hub.evaluation.attacks import PGDConfig, pgd, trades_attack, trades_loss
-from robust_hub.evaluation.autoattack_runner import AutoAttackResult, run_autoattack
-from robust_hub.evaluation.corruptions import (CIFAR10C_CORRUPTIONS, GENERATED_CORRUPTIONS, corruption_accuracy,
-                                               generate_corruption_set, load_cifar10c, save_corruption_set)
-from robust_hub.evaluation.loading import EvalBackbone, ModelInfo, load_backbone, wrap_module
-from robust_hub.evaluation.protocols import Classifier, ProtocolConfig, default_protocol_config, finetune, with_overrides
-from robust_hub.evaluation.records import SCHEMA_VERSION, EvalRecord, load_records, read_record, write_record
-from robust_hub.evaluation.runner import SplitData, accuracy, evaluate, format_table, pgd_accuracy
+The names below load on first use, so ``robust-hub eval --help`` answers without importing torch.
+"""
 
-__all__ = [
-    "AutoAttackResult", "CIFAR10C_CORRUPTIONS", "Classifier", "EvalBackbone", "EvalRecord", "GENERATED_CORRUPTIONS",
-    "ModelInfo", "PGDConfig", "ProtocolConfig", "SCHEMA_VERSION", "SplitData", "accuracy", "corruption_accuracy",
-    "default_protocol_config", "evaluate", "finetune", "format_table", "generate_corruption_set", "load_backbone",
-    "load_cifar10c", "load_records", "pgd", "pgd_accuracy", "read_record", "run_autoattack", "save_corruption_set",
-    "trades_attack", "trades_loss", "with_overrides", "wrap_module", "write_record",
-]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "attacks": ("PGDConfig", "pgd", "trades_attack", "trades_loss"),
+    "autoattack_runner": ("AutoAttackResult", "run_autoattack"),
+    "corruptions": ("CIFAR10C_CORRUPTIONS", "GENERATED_CORRUPTIONS", "corruption_accuracy", "generate_corruption_set",
+                    "load_cifar10c", "save_corruption_set"),
+    "loading": ("EvalBackbone", "ModelInfo", "load_backbone", "wrap_module"),
+    "protocols": ("Classifier", "ProtocolConfig", "default_protocol_config", "finetune", "with_overrides"),
+    "records": ("SCHEMA_VERSION", "EvalRecord", "load_records", "read_record", "write_record"),
+    "runner": ("SplitData", "accuracy", "evaluate", "format_table", "pgd_accuracy"),
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_MODULE_OF)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _MODULE_OF:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_MODULE_OF[name]}"), name)

@@ -33,7 +33,9 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--revision", default=None, help="hub revision (branch, tag or commit); pinned to a commit sha")
     p.add_argument("--allow-pickle", action="store_true", help="allow pickle weights, read with weights_only=True")
     p.add_argument("--metrics", default=None, help="comma-separated subset of clean,pgd20,autoattack,c10c "
-                   "(default: clean,pgd20,autoattack, plus c10c when a CIFAR-10-C source is given)")
+                   "(default: clean,pgd20,autoattack, plus c10c when a CIFAR-10-C source is given). c10c alone, on "
+                   "cifar10 or cifar100, uses the official CIFAR-10-C / CIFAR-100-C, downloaded from Zenodo (2.9 GB) "
+                   "and checked against its published MD5 on first use, then cached")
     p.add_argument("--norm", default="linf", choices=["linf", "l2"], help="threat model norm (default linf)")
     p.add_argument("--eps", type=_eps, default=8 / 255, help="attack radius in [0,1] pixel units, e.g. 8/255 (default)")
     p.add_argument("--eps-curve", type=_eps_list, default=[], help="comma-separated eps values for an accuracy-vs-eps curve")
@@ -50,7 +52,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
                    "reproduce a published row; named in every record")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="[PROTOCOL.]KEY=VALUE",
                    help="override a protocol setting, e.g. --set slf.lr=0.05 --set train_attack.steps=5 (repeatable)")
-    p.add_argument("--c10c-dir", default=None, help="directory with the official CIFAR-10-C .npy files")
+    p.add_argument("--c10c-dir", default=None, help="directory with CIFAR-10-C-layout .npy files (instead of the cached official download)")
     p.add_argument("--c10c-generate", action="store_true", help="measure corruption accuracy on a generated set "
                    "(labelled generated in every result)")
     p.add_argument("--c10c-n-per-severity", type=int, default=None, help="use the first N images of each severity")

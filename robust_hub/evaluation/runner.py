@@ -6,6 +6,7 @@ metric set) and resuming from whatever an earlier run left in ``out_dir``.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
 import os
@@ -26,6 +27,7 @@ from robust_hub.evaluation.autoattack_runner import MASKED_GRADIENT_THRESHOLD, r
 from robust_hub.evaluation.validate import RESULTS_KIND, resolve_device, validate_eval_arguments
 from robust_hub.io import read_marker, write_marker
 from robust_hub.evaluation.verdict import Measurement, decide, measure_gradients
+from robust_hub.evaluation.corruption_release import official_corruptions, release_for
 from robust_hub.evaluation.corruptions import clean_accuracy, corruption_accuracy, generate_corruption_set, load_cifar10c
 from robust_hub.evaluation.loading import EvalBackbone, load_backbone
 from robust_hub.evaluation.presets import UNIFORM, check_preset, preset_settings
@@ -177,6 +179,7 @@ class EvalOptions:
     progress: bool
     attack_masked_models: bool = False
     preset: str = UNIFORM
+    c10c_official: str | None = None  # cifar10 / cifar100: the official release, fetched and verified on first use
 
 
 def _parse_metrics(metrics: Sequence[str] | str | None, c10c: bool) -> tuple[str, ...]:
@@ -288,7 +291,7 @@ def evaluate(
     if opts.norm == "linf" and max([opts.eps, *opts.eps_curve]) > 1:
         raise RobustHubError("an L-inf eps is in [0,1] pixel units (e.g. 8/255); got more than 1")
     if "c10c" in opts.metrics and opts.c10c_dir is None and not opts.c10c_generate:
-        raise RobustHubError("the c10c metric needs --c10c-dir (official CIFAR-10-C files) or --c10c-generate")
+        opts = dataclasses.replace(opts, c10c_official=_official_corruption_key(dataset))  # an error if none exists
     dataset_name = dataset.lower() if isinstance(dataset, str) else "custom"
     configs = _protocol_configs(names, dataset_name, opts, protocol_overrides)  # checked before any work
 
@@ -368,7 +371,8 @@ def _eval_settings(opts: EvalOptions) -> dict:
     return {"pgd20": {"steps": 20, "alpha": opts.eps / 4, "random_start": True}, "autoattack_version": opts.autoattack_version,
             "n_autoattack": opts.n_autoattack, "eps_curve": list(opts.eps_curve), "eps_curve_attack": opts.eps_curve_attack,
             "c10c_dir": opts.c10c_dir, "c10c_generate": opts.c10c_generate,
-            "c10c_n_per_severity": opts.c10c_n_per_severity, "attack_masked_models": opts.attack_masked_models}
+            "c10c_n_per_severity": opts.c10c_n_per_severity, "attack_masked_models": opts.attack_masked_models,
+            **({"c10c_official": opts.c10c_official} if opts.c10c_official else {})}
 
 
 def _finetuned(backbone, cfg, train, num_classes, opts, ckpt: Path) -> tuple[Classifier, float]:
@@ -457,15 +461,24 @@ def _autoattack(classifier, data: SplitData, opts: EvalOptions, eps: float, stat
                           progress=opts.progress)
 
 
+def _official_corruption_key(dataset) -> str:
+    """cifar10 or cifar100 for those datasets (by name or Hub id); any other dataset is an error naming the options."""
+    name = dataset.lower() if isinstance(dataset, str) else "custom"
+    key = next((alias for alias, (hub_id, _) in DATASET_ALIASES.items() if name == hub_id), name)
+    release_for(key)  # no official set: an error naming --c10c-dir and --c10c-generate
+    return key
+
+
 def _c10c(classifier, test: SplitData, opts: EvalOptions) -> dict:
     if opts.c10c_generate:
         keep = slice(None, opts.c10c_n_per_severity)  # the first N test images, as for the official files
         cset = generate_corruption_set(test.images[keep], test.labels[keep], seed=opts.seed,
                                        source=f"generated from {test.source}:{test.split}")
     else:
-        cset = load_cifar10c(opts.c10c_dir, n_per_severity=opts.c10c_n_per_severity)
+        root = opts.c10c_dir or official_corruptions(opts.c10c_official, progress=opts.progress)
+        cset = load_cifar10c(root, n_per_severity=opts.c10c_n_per_severity)
         if int(cset.labels.max()) >= classifier.head.out_features:
-            raise RobustHubError(f"{opts.c10c_dir} has labels beyond the {classifier.head.out_features} classes of {test.source}")
+            raise RobustHubError(f"{root} has labels beyond the {classifier.head.out_features} classes of {test.source}")
     return corruption_accuracy(classifier, cset, batch_size=opts.batch_size, device=opts.device, progress=opts.progress)
 
 

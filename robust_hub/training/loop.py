@@ -433,8 +433,7 @@ class _Trainer:
                 build_config(self.raw_model, metadata),
                 training_plots=[(n, c) for n, c in model_card.TRAINING_PLOTS if n in extra_files]))
             self.raw_model.save_pretrained(str(model_dir), metadata=metadata, model_card=card,
-                                           extra_files=extra_files)
-            log.info("model written to %s", model_dir)
+                                           extra_files=extra_files)  # the command line says where, once
         acc.wait_for_everyone()
         return model_dir
 

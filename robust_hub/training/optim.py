@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from timm.optim import Lars, param_groups_weight_decay
 from timm.scheduler import CosineLRScheduler
@@ -61,12 +63,19 @@ def build_scheduler(optimizer: Lars, train: TrainConfig) -> CosineLRScheduler:
     formula with e = s / steps_per_epoch. Stepping by epoch progress (not a step count) keeps
     the schedule right when the number of steps per epoch changes, as with coresets.
     """
-    return CosineLRScheduler(
-        optimizer,
-        t_initial=train.epochs - train.warmup_epochs,
-        warmup_t=train.warmup_epochs,
-        warmup_lr_init=0.0,
-        warmup_prefix=True,
-        lr_min=train.lr_min,
-        t_in_epochs=True,
-    )
+    # timm warns that a cosine over one epoch "will have no effect"; stepped by fractional epoch progress it has.
+    timm_log = logging.getLogger(CosineLRScheduler.__module__)
+    level = timm_log.level
+    timm_log.setLevel(logging.ERROR)
+    try:
+        return CosineLRScheduler(
+            optimizer,
+            t_initial=train.epochs - train.warmup_epochs,
+            warmup_t=train.warmup_epochs,
+            warmup_lr_init=0.0,
+            warmup_prefix=True,
+            lr_min=train.lr_min,
+            t_in_epochs=True,
+        )
+    finally:
+        timm_log.setLevel(level)

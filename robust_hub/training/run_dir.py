@@ -32,7 +32,7 @@ PROGRESS_FILE = "progress.json"
 CONFIG_FILE = "run_config.json"  # the config a checkpoint was written with
 # Keys that do not change what a run computes: they may differ on --resume.
 # The speed switches choose how the same computation is executed (as a change of device does).
-RESUMABLE_KEYS = {"train.output_dir", "train.checkpoint_every", "train.keep_checkpoints", "train.log_every",
+RESUMABLE_KEYS = {"train.output_dir", "train.checkpoint_every", "train.keep_checkpoints", "train.log_every", "train.probe",
                   "data.cache_dir"} | {f"speed.{f.name}" for f in dataclasses.fields(SpeedConfig)}
 
 
