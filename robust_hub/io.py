@@ -12,7 +12,11 @@ target that is not a robust-hub artefact is an error unless the user passed ``ov
 - with ``overwrite`` into a directory robust-hub does not own, moves its files in by name: only the
   names robust-hub writes are replaced, every other file stays.
 Staging directories a killed run left behind are removed (or, for an interrupted swap, restored) by
-the next write to the same target. Files and directories get the user's umask, not mkstemp's 0600.
+the next write to the same target, but only those robust-hub can prove it made: a staging directory
+carries a marker whose ``staged_as`` is its own name from the moment it is created. A user's folder
+that merely looks like staging (``.model.tmp-notes``) is never touched. robust-hub never writes through
+a symbolic link it finds where it writes (:func:`refuse_link`). Files and directories get the user's
+umask, not mkstemp's 0600.
 """
 
 from __future__ import annotations
@@ -128,14 +132,34 @@ def write_marker(directory: str | os.PathLike, kind: str, files: list[str] | Non
     write_json_atomic(directory / MARKER, {"written_by": "robust-hub", "kind": kind, "files": names, **extra})
 
 
-def claim_directory(target: str | os.PathLike, kind: str, *, overwrite: bool = False, what: str = "output") -> bool:
+def refuse_link(path: str | os.PathLike) -> None:
+    """robust-hub writes into what it finds at ``path`` only if that is not a symbolic link (to anywhere)."""
+    if Path(path).is_symlink():
+        raise RobustHubError(f"{path} is a symbolic link; robust-hub does not write through links (remove it)")
+
+
+def owned_subdirectory(parent: str | os.PathLike, name: str) -> Path:
+    """``parent/name`` as a real directory robust-hub may write into: created when absent, never a link."""
+    path = Path(parent) / name
+    refuse_link(path)
+    check_writable_path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def claim_directory(target: str | os.PathLike, kind: str, *, overwrite: bool = False, what: str = "output",
+                    writes: tuple[str, ...] = ()) -> bool:
     """Check that robust-hub may write a ``kind`` artefact at ``target``; True when it exists and is foreign.
 
     The one rule for every writer: a file, or a path under a file, is always refused; an existing
-    non-empty directory is refused unless it is a robust-hub ``kind`` artefact or ``overwrite`` is set.
+    non-empty directory is refused unless it is a robust-hub artefact of the same ``kind`` or
+    ``overwrite`` is set. ``writes`` names entries the writer will write into (``state`` of an eval
+    ``--out``); a symbolic link at any of them is refused, ``overwrite`` or not.
     """
     target = Path(target)
     check_writable_path(target)
+    for name in writes:
+        refuse_link(target / name)
     if not target.is_dir() or not any(p for p in target.iterdir() if not _is_staging_of_child(p)):
         return False
     found = artefact_kind(target)
@@ -149,7 +173,15 @@ def claim_directory(target: str | os.PathLike, kind: str, *, overwrite: bool = F
 
 
 def _is_staging_of_child(path: Path) -> bool:
-    return path.name.startswith(".") and (".tmp-" in path.name or ".old-" in path.name)
+    return path.name.startswith(".") and (".tmp-" in path.name or ".old-" in path.name) and is_our_staging(path)
+
+
+def is_our_staging(path: Path) -> bool:
+    """A staging directory robust-hub made: a real directory whose marker names it (see :func:`_make_staging`)."""
+    if path.is_symlink() or not path.is_dir():
+        return False
+    marker = read_marker(path)
+    return marker is not None and marker.get("staged_as") == path.name
 
 
 # ------------------------------------------------------------------------------------------ staging
@@ -179,7 +211,7 @@ def clean_stale_staging(target: Path) -> None:
     for role in ("old", "tmp"):
         prefix = _staging_prefix(target, role)
         for stale in sorted(parent.glob(prefix + "*")):
-            if _pid_alive(stale.name, prefix):
+            if not is_our_staging(stale) or _pid_alive(stale.name, prefix):
                 continue
             if role == "old" and (stale / "old").is_dir() and not target.exists():
                 os.replace(stale / "old", target)  # killed between the two renames of a swap
@@ -187,8 +219,10 @@ def clean_stale_staging(target: Path) -> None:
 
 
 def _make_staging(target: Path, role: str) -> Path:
+    """A new staging directory, marked at once so that a later clean-up can tell it from a user's folder."""
     staging = Path(tempfile.mkdtemp(prefix=f"{_staging_prefix(target, role)}{os.getpid()}-", dir=target.parent))
     os.chmod(staging, _default_mode(directory=True))  # mkdtemp makes 0700
+    write_marker(staging, "staging", files=[], staged_as=staging.name)
     return staging
 
 
@@ -216,7 +250,7 @@ def atomic_directory(target: str | os.PathLike, kind: str = "model", *, overwrit
     staging = _make_staging(target, "tmp")
     try:
         yield staging
-        write_marker(staging, kind)
+        write_marker(staging, kind, staged_as=staging.name)  # still provably staging if killed before the move
         _apply_umask(staging)
         if foreign or (target.is_dir() and not any(target.iterdir())):
             _move_in_by_name(staging, target)
@@ -241,11 +275,14 @@ def _apply_umask(staging: Path) -> None:
 
 
 def _move_in_by_name(staging: Path, target: Path) -> None:
-    for item in sorted(staging.iterdir(), key=lambda p: p.name == MARKER):  # the marker last
+    """Every name is checked before the first move, so a refusal leaves ``target`` as it was."""
+    items = sorted(staging.iterdir(), key=lambda p: p.name == MARKER)  # the marker last
+    for item in items:
         destination = target / item.name
         if destination.is_dir() and not destination.is_symlink():
             raise RobustHubError(f"{destination} is a directory; robust-hub will not replace it with a file")
-        os.replace(item, destination)
+    for item in items:
+        os.replace(item, target / item.name)
 
 
 def _swap(staging: Path, target: Path) -> None:

@@ -138,3 +138,54 @@ def test_a_record_identity_covers_the_whole_model_not_only_its_weights(data, tmp
     (second,) = evaluate(clamped, **opts)  # the same --out: a record of its own, not the plain model's
     assert second["model"]["revision"] != first["model"]["revision"]
     assert len(list(tmp_path.glob("*.json"))) == 2
+
+
+class FlatMarginModel(torch.nn.Module):
+    """Logits (g + 1, g, g - 0.5 + 0.4 h): class 0 wins by exactly 1 everywhere, so the margin has no input
+    gradient, while cross-entropy has one through the third logit (its probability is far from 0)."""
+
+    def forward(self, x):
+        g, h = 0.01 * x.flatten(1).sum(1), x.flatten(1).mean(1)
+        return torch.stack([g + 1, g, g - 0.5 + 0.4 * h], dim=1)
+
+
+class SaturatedModel(torch.nn.Module):
+    """Logits (1e4 (1 + mean x), 0, 0): softmax is exactly one-hot in float32, so cross-entropy has no input
+    gradient, while the margin has one."""
+
+    def forward(self, x):
+        z = 1e4 * (1 + x.flatten(1).mean(1))
+        return torch.stack([z, torch.zeros_like(z), torch.zeros_like(z)], dim=1)
+
+
+@pytest.mark.parametrize("model,fractions,flags", [
+    (FlatMarginModel(), {"margin": 1.0, "cross_entropy": 0.0}, ["masked_gradients"]),
+    (SaturatedModel(), {"margin": 0.0, "cross_entropy": 1.0}, ["masked_ce_gradients"]),
+])
+def test_each_masked_gradient_flag_comes_from_its_own_loss(model, fractions, flags):
+    from robust_hub.evaluation.attacks import input_gradient_norms, margin_input_gradient_norms
+    from robust_hub.evaluation.verdict import measure_gradients
+
+    x, y = torch.rand(6, 3, 4, 4, generator=torch.Generator().manual_seed(0)), torch.zeros(6, dtype=torch.long)
+    # the premise, checked with the gradients written out: exactly one of the two losses is flat
+    ce = input_gradient_norms(model, x, lambda z: torch.nn.functional.cross_entropy(z, y, reduction="sum"))
+    assert ((margin_input_gradient_norms(model, x, y) == 0).all().item(), (ce == 0).all().item()) == (
+        fractions["margin"] == 1.0, fractions["cross_entropy"] == 1.0)
+    measured = measure_gradients(model, x, y)
+    assert measured.value == fractions and measured.flags == flags
+
+
+@pytest.mark.parametrize("curve_attack", ["pgd20", "autoattack"])
+@pytest.mark.parametrize("sign", ["masked_gradients", "masked_ce_gradients", "randomized_defense",
+                                  "square_beats_white_box", "pgd20_above_autoattack"])
+def test_the_eps_curve_is_withheld_exactly_when_the_attack_that_drew_it_is(sign, curve_attack):
+    gradients = Measurement(GRADS.value, [sign] if sign.startswith("masked") else [])
+    autoattack = aa(0.4, 10, [sign] if sign in ("randomized_defense", "square_beats_white_box") else [])
+    curve = Measurement({curve_attack: {"0.0156863": 0.5, "0.0313725": 0.3}})
+    metrics, flags = decide({"gradients": gradients, "pgd20": pgd(0.9 if sign == "pgd20_above_autoattack" else 0.4, 10),
+                             "autoattack": autoattack, "eps_curve": curve}, eps_curve_attack=curve_attack)
+    withheld_attacks = {name for name in ("pgd20", "autoattack") if metrics[f"{name}_acc"] is None}
+    assert sign in flags and withheld_attacks  # every one of these signs misleads at least one attack
+    assert (metrics["eps_curve"] is None) == (curve_attack in withheld_attacks)
+    if curve_attack in withheld_attacks:
+        assert metrics["untrusted"]["eps_curve"] == curve.value and metrics["withheld_because"]["eps_curve"] == sign

@@ -91,25 +91,72 @@ def test_files_follow_the_umask(tiny, tmp_path):
         assert stat.S_IMODE((tmp_path / "m" / name).stat().st_mode) == 0o640, name
 
 
-def test_staging_left_by_a_kill_is_cleaned_and_a_half_swap_restored(tiny, tmp_path):
-    tiny.save_pretrained(tmp_path / "m")
-    (tmp_path / ".m.tmp-abc123").mkdir()  # an older writer's staging
-    (tmp_path / ".m.tmp-999999999-x").mkdir()  # a dead writer's staging
-    (tmp_path / ".other.tmp-keep").mkdir()  # not ours to touch: another target's name
-    tiny.save_pretrained(tmp_path / "m")
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.tmp-keep", "m"]
+KILLED_WRITER = """
+import os, sys
+from robust_hub import io
+
+target, when = sys.argv[1], sys.argv[2]
+replace = os.replace
+
+def replace_then_die(src, dst):
+    replace(src, dst)
+    if when == "swap" and os.path.basename(dst) == "old":
+        os._exit(9)  # killed between the two renames of a swap
+
+os.replace = replace_then_die
+with io.atomic_directory(target, "model") as staging:
+    (staging / "config.json").write_text("{}")
+    if when == "write":
+        os._exit(9)  # killed while writing
+"""
 
 
-def test_a_half_swapped_model_is_restored_before_anything_is_checked(tiny, tmp_path):
+def kill_a_writer(target, when):
+    """Leave exactly what a writer of ``target`` killed at ``when`` leaves (its pid is then dead)."""
+    result = subprocess.run([sys.executable, "-c", KILLED_WRITER, str(target), when], capture_output=True, timeout=300)
+    assert result.returncode == 9, result.stderr
+
+
+def look_alike_user_folders(parent, target_name):
+    """Folders a user made whose names match robust-hub's staging pattern for ``target_name``."""
+    folders = {f".{target_name}.tmp-mynotes": "notes", f".{target_name}.tmp-999999999-x": "dead-looking pid",
+               f".{target_name}.old-x/old": "looks like an interrupted swap"}
+    for name, text in folders.items():
+        (parent / name).mkdir(parents=True)
+        (parent / name / "keep.txt").write_text(text)
+    return {f"{name}/keep.txt": text for name, text in folders.items()}
+
+
+def test_staging_left_by_a_kill_is_cleaned_and_a_users_look_alike_folders_survive(tiny, tmp_path):
+    tiny.save_pretrained(tmp_path / "m")
+    kill_a_writer(tmp_path / "m", "write")
+    (ours,) = [p.name for p in tmp_path.iterdir() if p.name.startswith(".m.tmp-")]
+    users = look_alike_user_folders(tmp_path, "m")
+    (tmp_path / ".other.tmp-keep").mkdir()  # another target's name
+    tiny.save_pretrained(tmp_path / "m")
+    assert not (tmp_path / ours).exists()  # the killed writer's staging is gone
+    assert_intact(tmp_path, users)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [".other.tmp-keep", "m", ".m.tmp-mynotes", ".m.tmp-999999999-x", ".m.old-x"])
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == sorted([MARKER, "config.json", "model.safetensors",
+                                                                          "preprocessor_config.json"])
+
+
+def test_a_half_swapped_model_is_restored_and_a_users_old_folder_is_never_moved_in(tiny, tmp_path):
     from robust_hub.io import clean_stale_staging
 
     tiny.save_pretrained(tmp_path / "m")
     (tmp_path / "m" / "notes.md").write_text("my notes")
-    os.makedirs(tmp_path / ".m.old-999999999-y")
-    os.replace(tmp_path / "m", tmp_path / ".m.old-999999999-y" / "old")
+    kill_a_writer(tmp_path / "m", "swap")
+    assert not (tmp_path / "m").exists()
     clean_stale_staging(tmp_path / "m")
     assert (tmp_path / "m" / "notes.md").read_text() == "my notes"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+
+    users = look_alike_user_folders(tmp_path, "n")  # no n/ exists: an interrupted swap would be restored as n/
+    clean_stale_staging(tmp_path / "n")
+    assert not (tmp_path / "n").exists()
+    assert_intact(tmp_path, users)
 
 
 def write_reference_checkpoint(path):
@@ -132,3 +179,90 @@ def test_convert_into_the_working_directory_of_user_files_is_refused(tmp_path):
                              "--overwrite"], cwd=work, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2 and "is a file" in result.stderr and result.stderr.count("\n") == 1
     assert (work / "out").read_text() == "a file at the output path"
+
+
+def convert(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "robust_hub.cli", "convert", *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_convert_leaves_a_users_staging_look_alikes_in_the_output_parent_alone(tmp_path):
+    write_reference_checkpoint(tmp_path / "ref.pt")
+    (tmp_path / "out").mkdir()
+    users = look_alike_user_folders(tmp_path / "out", "model")
+    result = convert(tmp_path / "ref.pt", "out/model", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert_intact(tmp_path / "out", users)
+    assert "old" not in {p.name for p in (tmp_path / "out" / "model").iterdir()}  # .model.old-x was not moved in
+    assert read_marker(tmp_path / "out" / "model")["kind"] == "model"
+
+
+def test_convert_overwrite_checks_every_name_before_moving_anything(tmp_path):
+    write_reference_checkpoint(tmp_path / "ref.pt")
+    mine = tmp_path / "mine"
+    files = user_files(mine)
+    (mine / "preprocessor_config.json").mkdir()  # a name robust-hub writes, taken by a directory
+    before = sorted(p.name for p in mine.iterdir())
+    result = convert(tmp_path / "ref.pt", "mine", "--overwrite", cwd=tmp_path)
+    assert result.returncode == 2 and result.stderr.startswith("error:") and result.stderr.count("\n") == 1
+    assert "preprocessor_config.json is a directory" in result.stderr
+    assert sorted(p.name for p in mine.iterdir()) == before  # no config.json, weights or marker moved in
+    assert_intact(mine, files)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine", "ref.pt"]  # no staging left
+
+
+def eval_out(tmp_path, name="results", eps=8 / 255, overwrite=False):
+    """A real `robust-hub eval --out` (tiny backbone, clean accuracy only)."""
+    from test_eval_helpers import TinyBackbone, synthetic_split
+
+    from robust_hub.evaluation import evaluate
+
+    out = tmp_path / name
+    evaluate(TinyBackbone(), protocols="slf", dataset=(synthetic_split(32, "train", 0), synthetic_split(8, "test", 1)),
+             out_dir=out, metrics="clean", progress=False, print_table=False, device="cpu", eps=eps,
+             protocol_overrides={"epochs": 1, "batch_size": 16, "augment": False}, overwrite=overwrite)
+    return out
+
+
+def test_one_kind_of_artefact_never_replaces_another(tiny, tmp_path):
+    from test_eval_helpers import TinyBackbone, synthetic_split
+
+    from robust_hub.evaluation import evaluate
+
+    results = eval_out(tmp_path)
+    before = {p.name: p.read_bytes() for p in results.glob("*.json")}
+    with pytest.raises(RobustHubError, match="is a robust-hub eval-results directory"):
+        tiny.save_pretrained(results)  # a model over an eval --out
+    write_reference_checkpoint(tmp_path / "ref.pt")
+    result = convert(tmp_path / "ref.pt", results, cwd=tmp_path)
+    assert result.returncode == 2 and "is a robust-hub eval-results directory" in result.stderr
+    assert {p.name: p.read_bytes() for p in results.glob("*.json")} == before
+    assert read_marker(results)["kind"] == "eval-results"
+
+    tiny.save_pretrained(tmp_path / "m")
+    with pytest.raises(RobustHubError, match="is a robust-hub model directory"):  # an eval --out over a model
+        evaluate(TinyBackbone(), protocols="slf", dataset=(synthetic_split(32, "train", 0), synthetic_split(8, "test", 1)),
+                 out_dir=tmp_path / "m", metrics="clean", progress=False, print_table=False, device="cpu")
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == sorted(
+        [MARKER, "config.json", "model.safetensors", "preprocessor_config.json"])
+
+
+def test_eval_never_writes_through_a_state_link_left_in_its_out(tmp_path):
+    results = eval_out(tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    os.replace(results / "state", elsewhere / "state-was-here")
+    os.symlink(elsewhere, results / "state")
+    records = sorted(p.name for p in results.glob("*.json"))
+    with pytest.raises(RobustHubError, match="state is a symbolic link"):
+        eval_out(tmp_path, eps=4 / 255)  # another eps: a new record and new state to write
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["state-was-here"]
+    assert sorted(p.name for p in results.glob("*.json")) == records
+
+    foreign = tmp_path / "foreign"  # not robust-hub's, written into with --overwrite: the same rule
+    user_files(foreign)
+    os.symlink(elsewhere, foreign / "state")
+    with pytest.raises(RobustHubError, match="state is a symbolic link"):
+        eval_out(tmp_path, "foreign", overwrite=True)
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["state-was-here"]
+    assert sorted(p.name for p in foreign.iterdir()) == ["data", "state", "thesis.tex"]

@@ -8,10 +8,15 @@ commit sha and downloaded into the local cache; a timm model name with hub weigh
 
 Safetensors is the only format loaded by default; a pickle file is read only when the caller allows
 it, and then with ``torch.load(weights_only=True)``. Remote code is never executed.
+
+Every loader goes through :mod:`robust_hub.models.strict`: a model whose config does not fit its
+weights (a missing, unused or reshaped tensor) is refused before it is built, and ``weights_sha256``
+is the hash of the very bytes the model was loaded from.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -24,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from robust_hub.errors import RobustHubError
+from robust_hub.models.strict import LoadReport, StoredWeights, build_exactly, refuse_incomplete, refuse_oversized
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -133,42 +139,31 @@ def sha256_directory(path: Path) -> str:
 
 
 # ----------------------------------------------------------------------------------------- checks
-def _weight_files(path: Path) -> tuple[list[Path], list[Path]]:
-    safe = sorted(path.glob("*.safetensors"))
-    pickles = sorted(p for p in path.iterdir() if p.is_file() and p.name.endswith(PICKLE_SUFFIXES))
-    return safe, pickles
+def _stored_weights(path: Path, allow_pickle: bool) -> StoredWeights:
+    """The weights a model directory is loaded from, read once (their hash is the record's weights_sha256).
 
-
-def _check_safetensors(files: list[Path]) -> None:
-    from safetensors import safe_open
-
-    for f in files:
+    ``model.safetensors``, or the shards its index names; a pickle only when allowed and no safetensors exist.
+    """
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
         try:
-            with safe_open(str(f), framework="pt") as sf:
-                for key in sf.keys():
-                    sf.get_slice(key)
-        except Exception as exc:  # the library raises several unrelated types for bad files
-            raise RobustHubError(f"{f} is not a valid safetensors file ({exc})") from exc
-
-
-def _weights_sha(path: Path, allow_pickle: bool) -> str:
-    """Validate the weight files of a model directory and return their combined sha256."""
-    safe, pickles = _weight_files(path)
-    if safe:
-        _check_safetensors(safe)
-        files = safe
-    elif pickles:
-        if not allow_pickle:
-            raise RobustHubError(f"{path}: {_PICKLE_MESSAGE}")
-        files = pickles
-    else:
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise RobustHubError(f"{index} is not a safetensors index ({exc})") from None
+        if any(Path(name).name != name for name in shards):
+            raise RobustHubError(f"{index} names files outside {path}")
+        return StoredWeights.read([path / name for name in shards])
+    if (path / "model.safetensors").is_file():
+        return StoredWeights.read([path / "model.safetensors"])
+    pickles = sorted(p for p in path.iterdir() if p.is_file() and p.name.endswith(PICKLE_SUFFIXES))
+    if not pickles:
         raise RobustHubError(f"{path} holds no weight file (expected model.safetensors)")
-    if len(files) == 1:
-        return sha256_file(files[0])
-    h = hashlib.sha256()
-    for f in files:
-        h.update(f.name.encode() + b"\0" + sha256_file(f).encode())
-    return h.hexdigest()
+    if not allow_pickle:
+        raise RobustHubError(f"{path}: {_PICKLE_MESSAGE}")
+    if len(pickles) > 1:
+        raise RobustHubError(f"{path} holds several pickle files ({', '.join(p.name for p in pickles)}); "
+                             "keep the one that holds the weights")
+    return StoredWeights.read(pickles, pickled=True)
 
 
 def _read_config(path: Path) -> dict:
@@ -227,25 +222,28 @@ def _library_of(model: nn.Module) -> str:
     return "torch"
 
 
-def _load_timm_dir(path: Path, info_kw: dict) -> EvalBackbone:
+def _load_timm_dir(path: Path, stored: StoredWeights, info_kw: dict) -> EvalBackbone:
     import timm
 
-    try:
-        model = timm.create_model(f"local-dir:{path}", pretrained=True, num_classes=0)
-    except RuntimeError as exc:
-        if str(exc).startswith("Unknown model"):
-            raise RobustHubError(f"{path}: config.json names an architecture timm does not know ({exc})") from None
-        raise RobustHubError(f"{path}: weights do not match the architecture in config.json ({exc})") from exc
-    except (KeyError, ValueError) as exc:  # timm raises these for unknown architectures / bad configs
-        raise RobustHubError(f"{path}: timm cannot build this model ({exc})") from exc
+    def build() -> nn.Module:  # the architecture config.json describes, with its own head, and no weights yet
+        try:
+            return timm.create_model(f"local-dir:{path}", pretrained=False)
+        except RuntimeError as exc:
+            if str(exc).startswith("Unknown model"):
+                raise RobustHubError(f"{path}: config.json names an architecture timm does not know ({exc})") from None
+            raise RobustHubError(f"{path}: timm cannot build this model ({exc})") from None
+        except (KeyError, ValueError, TypeError) as exc:  # timm raises these for bad configs
+            raise RobustHubError(f"{path}: timm cannot build this model ({exc})") from None
+
+    model = build_exactly(build, stored.tensors, str(path))
     return _wrap_timm(model.eval(), ModelInfo(**info_kw))
 
 
 def _load_robust_hub_dir(path: Path, info_kw: dict) -> EvalBackbone:
-    from robust_hub import from_pretrained
+    from robust_hub.models.hub import load_model_dir
 
-    model = from_pretrained(str(path)).eval()
-    return _wrap_timm(model, ModelInfo(**info_kw))
+    model, stored = load_model_dir(path)
+    return _wrap_timm(model, ModelInfo(**info_kw, weights_sha256=stored.sha256))
 
 
 def _processor_norm(path: Path, cfg: dict) -> tuple[tuple, tuple, tuple[int, int], list[str]]:
@@ -288,28 +286,79 @@ def _hf_features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return hidden.mean(dim=(2, 3)) if hidden.dim() == 4 else hidden.mean(dim=1)
 
 
+def _hf_base_features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Features of the base model, also when the checkpoint is a task model (its head loaded, not used)."""
+    return _hf_features(model.base_model, x)
+
+
 def _hf_backbone_features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return model(pixel_values=x).feature_maps[-1].mean(dim=(2, 3))
 
 
-def _load_transformers_dir(path: Path, cfg: dict, info_kw: dict, allow_pickle: bool) -> EvalBackbone:
+def _transformers_class(path: Path, config) -> tuple[type, bool]:
+    """The class the checkpoint was saved from (``architectures``), so every stored tensor has its place.
+
+    Falls back to the model type's AutoModel, then AutoBackbone, class; True when it is a backbone class.
+    """
+    import transformers
+
+    names = getattr(config, "architectures", None) or []
+    for name in names[:1]:
+        cls = getattr(transformers, name, None)
+        if isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel):
+            return cls, "Backbone" in name
+    for auto, backbone in ((transformers.AutoModel, False), (transformers.AutoBackbone, True)):
+        if type(config) in auto._model_mapping:
+            return auto._model_mapping[type(config)], backbone
+    raise RobustHubError(f"{path}: transformers has no image model class for {type(config).__name__}")
+
+
+@contextlib.contextmanager
+def _transformers_quiet():
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def _labels_fit(path: Path, cfg: dict, stored: StoredWeights) -> None:
+    """A head of n classes holds at least n values; checked on the raw JSON, before transformers expands it."""
+    labels = cfg.get("id2label")
+    count = len(labels) if isinstance(labels, dict) else cfg.get("num_labels", 0)
+    if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+        raise RobustHubError(f"{path}/config.json: num_labels must be a non-negative integer, got {count!r}")
+    if count > stored.numel:
+        raise RobustHubError(f"{path}/config.json asks for {count:,} classes; its weights hold {stored.numel:,} values")
+
+
+def _load_transformers_dir(path: Path, cfg: dict, stored: StoredWeights, info_kw: dict) -> EvalBackbone:
     import transformers
 
     if "auto_map" in cfg:
         raise RobustHubError(f"{path} needs remote code (auto_map in config.json); robust-hub never runs remote code")
-    kw = dict(trust_remote_code=False, use_safetensors=None if allow_pickle else True)
-    features = _hf_features
+    _labels_fit(path, cfg, stored)
     try:
-        model = transformers.AutoModel.from_pretrained(str(path), **kw)
-    except ValueError:
-        try:
-            model = transformers.AutoBackbone.from_pretrained(str(path), **kw)
-        except (ValueError, OSError) as exc:
-            raise RobustHubError(f"{path}: transformers cannot load this model ({exc})") from exc
-        features = _hf_backbone_features
-    except OSError as exc:
-        raise RobustHubError(f"{path}: transformers cannot load this model ({exc})") from exc
+        config = transformers.AutoConfig.from_pretrained(str(path), trust_remote_code=False)
+    except (ValueError, OSError, KeyError, TypeError) as exc:
+        raise RobustHubError(f"{path}: transformers cannot read this config ({exc})") from None
+    cls, is_backbone = _transformers_class(path, config)
+    refuse_oversized(lambda: cls(config), stored.numel, str(path))
+    try:  # the tensors read (and hashed) above, not the files again; transformers maps legacy names itself
+        with _transformers_quiet():  # its load report is checked below and becomes one error line
+            model, report = cls.from_pretrained(None, config=config, state_dict=stored.tensors, output_loading_info=True)
+    except (ValueError, RuntimeError, OSError) as exc:
+        raise RobustHubError(f"{path}: transformers cannot load this model ({str(exc).splitlines()[0]})") from None
+    refuse_incomplete(LoadReport(tuple(sorted(report["missing_keys"])), tuple(sorted(report["unexpected_keys"])),
+                                 tuple(sorted(str(k) for k in report["mismatched_keys"]))), str(path))
     model.eval()
+    features = _hf_backbone_features if is_backbone else _hf_base_features
     mean, std, size, flags = _processor_norm(path, cfg)
     with torch.no_grad():
         num = features(model, torch.zeros(1, 3, *size)).flatten(1).shape[1]
@@ -318,31 +367,27 @@ def _load_transformers_dir(path: Path, cfg: dict, info_kw: dict, allow_pickle: b
 
 
 def load_local_dir(path: Path, *, model_id: str, revision: str, allow_pickle: bool = False) -> EvalBackbone:
-    """Load a model directory (robust-hub, timm or transformers layout)."""
+    """Load a model directory (robust-hub, timm or transformers layout), every stored tensor and nothing else."""
     if not path.is_dir():
         raise RobustHubError(f"model directory {path} does not exist")
     cfg = _read_config(path)
-    weights = _weights_sha(path, allow_pickle)
+    kw = dict(id=model_id, revision=revision)
     if "robust_hub" in cfg:
-        kw = dict(id=model_id, revision=revision, weights_sha256=weights, library="robust_hub")
-        return _load_robust_hub_dir(path, kw)
+        return _load_robust_hub_dir(path, dict(kw, library="robust_hub"))
+    stored = _stored_weights(path, allow_pickle)
+    kw["weights_sha256"] = stored.sha256
     if "architecture" in cfg:
-        return _load_timm_dir(path, dict(id=model_id, revision=revision, weights_sha256=weights, library="timm"))
+        return _load_timm_dir(path, stored, dict(kw, library="timm"))
     if "model_type" in cfg:
-        kw = dict(id=model_id, revision=revision, weights_sha256=weights, library="transformers")
-        return _load_transformers_dir(path, cfg, kw, allow_pickle)
+        return _load_transformers_dir(path, cfg, stored, dict(kw, library="transformers"))
     raise RobustHubError(f"{path}/config.json names neither a timm architecture nor a transformers model_type")
 
 
 def _load_reference_checkpoint(path: Path, allow_pickle: bool) -> EvalBackbone:
     if not allow_pickle:
         raise RobustHubError(f"{path}: {_PICKLE_MESSAGE}")
-    try:
-        from robust_hub.models import convert_reference_checkpoint  # type: ignore[attr-defined]
-    except ImportError as exc:
-        raise RobustHubError("this robust-hub install cannot convert reference checkpoints") from exc
-    sha = sha256_file(path)
-    model = convert_reference_checkpoint(str(path)).eval()
+    from robust_hub.models.convert import load_reference_checkpoint
+    model, sha = load_reference_checkpoint(path)
     info = ModelInfo(id=str(path), revision=f"file-sha256:{sha}", weights_sha256=sha, library="robust_hub")
     return _wrap_timm(model, info)
 

@@ -24,8 +24,8 @@ from robust_hub.errors import RobustHubError
 from robust_hub.provenance import hardware, library_versions
 from robust_hub.evaluation.attacks import PGDConfig, margin_input_gradient_norms, parse_norm, pgd
 from robust_hub.evaluation.autoattack_runner import MASKED_GRADIENT_THRESHOLD, run_autoattack
-from robust_hub.evaluation.validate import RESULTS_KIND, resolve_device, validate_eval_arguments
-from robust_hub.io import read_marker, write_marker
+from robust_hub.evaluation.validate import RESULTS_KIND, STATE_DIR, resolve_device, validate_eval_arguments
+from robust_hub.io import owned_subdirectory, read_marker, write_bytes_atomic, write_marker
 from robust_hub.evaluation.verdict import Measurement, decide, measure_gradients
 from robust_hub.evaluation.corruption_release import official_corruptions, release_for
 from robust_hub.evaluation.corruptions import clean_accuracy, corruption_accuracy, generate_corruption_set, load_cifar10c
@@ -339,8 +339,8 @@ def _evaluate_protocol(backbone: EvalBackbone, cfg: ProtocolConfig, train: Split
         return existing
 
     if read_marker(out) is None:  # robust-hub owns this directory from its first file on
-        write_marker(out, RESULTS_KIND, files=["state"])
-    state_dir = out / "state"
+        write_marker(out, RESULTS_KIND, files=[STATE_DIR])
+    state_dir = owned_subdirectory(out, STATE_DIR)
     stem = Path(record_filename(key)).stem + "_" + _settings_hash(settings, dataset.train_fingerprint, seeds)
     walls: dict[str, float] = {"load": load_time}
     classifier, walls["finetune"] = _finetuned(backbone, cfg, train, num_classes, opts, state_dir / f"{stem}.classifier.safetensors")
@@ -376,7 +376,7 @@ def _eval_settings(opts: EvalOptions) -> dict:
 
 
 def _finetuned(backbone, cfg, train, num_classes, opts, ckpt: Path) -> tuple[Classifier, float]:
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file, save
 
     t0 = time.perf_counter()
     if ckpt.exists():
@@ -388,10 +388,7 @@ def _finetuned(backbone, cfg, train, num_classes, opts, ckpt: Path) -> tuple[Cla
         return classifier.to(opts.device).eval(), 0.0
     classifier = finetune(backbone, backbone.num_features, train.images, train.labels, num_classes, cfg,
                           seed=opts.seed, device=opts.device, progress=opts.progress)
-    ckpt.parent.mkdir(parents=True, exist_ok=True)
-    tmp = ckpt.with_suffix(".tmp")
-    save_file({k: v.detach().cpu().contiguous() for k, v in classifier.state_dict().items()}, str(tmp))
-    os.replace(tmp, ckpt)
+    write_bytes_atomic(ckpt, save({k: v.detach().cpu().contiguous() for k, v in classifier.state_dict().items()}))
     return classifier, time.perf_counter() - t0
 
 

@@ -10,6 +10,7 @@ from robust_hub.errors import RobustHubError
 from robust_hub.io import check_writable_path, claim_directory
 
 RESULTS_KIND = "eval-results"
+STATE_DIR = "state"  # resumable state of an eval --out (finetuned heads, AutoAttack progress)
 
 
 def _positive(name: str, value: int | None, optional: bool = True) -> None:
@@ -51,4 +52,4 @@ def validate_eval_arguments(*, out_dir, n_train, n_test, n_autoattack, batch_siz
     if c10c_dir is not None and not Path(c10c_dir).is_dir():
         raise RobustHubError(f"--c10c-dir {c10c_dir} is not a directory (it should hold the CIFAR-10-C .npy files)")
     check_writable_path(out_dir)
-    claim_directory(out_dir, RESULTS_KIND, overwrite=overwrite, what="--out")
+    claim_directory(out_dir, RESULTS_KIND, overwrite=overwrite, what="--out", writes=(STATE_DIR,))

@@ -11,6 +11,8 @@ checkpoint that needs arbitrary unpickling is refused.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import pickle
 import re
 import zipfile
@@ -22,6 +24,7 @@ from robust_hub.errors import RobustHubError
 from robust_hub.models.backbone import RobustBackbone
 from robust_hub.models.hub import check_finite
 from robust_hub.models.registry import create_backbone
+from robust_hub.models.strict import build_exactly
 
 NESTED_KEYS = ("state_dict_dual", "state_dict", "model")
 RENAMES = ((re.compile(r"\.bn_list\.0\."), ".normal."), (re.compile(r"\.bn_list\.1\."), ".pgd."),
@@ -29,13 +32,14 @@ RENAMES = ((re.compile(r"\.bn_list\.0\."), ".normal."), (re.compile(r"\.bn_list\
 DROPPED = re.compile(r"(^|\.)(normalize|normalizer|norm_layer)\.")  # mean/std buffers: ours come from model_args
 
 
-def read_reference_state(path: str | Path) -> dict[str, torch.Tensor]:
-    """The tensor dict inside a reference checkpoint, loaded without arbitrary unpickling."""
+def read_reference_state(path: str | Path) -> tuple[dict[str, torch.Tensor], str]:
+    """The tensor dict inside a reference checkpoint, loaded without arbitrary unpickling, and its bytes' sha256."""
     path = Path(path)
     if not path.is_file():
         raise RobustHubError(f"checkpoint {path} does not exist")
+    data = path.read_bytes()  # read once: the hash is of exactly the bytes loaded
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         forbidden = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
         if forbidden:
@@ -50,7 +54,7 @@ def read_reference_state(path: str | Path) -> dict[str, torch.Tensor]:
             break
     if not isinstance(payload, dict) or not all(isinstance(v, torch.Tensor) for v in payload.values()):
         raise RobustHubError(f"{path} holds no state dict (looked at the top level and {NESTED_KEYS})")
-    return payload
+    return payload, hashlib.sha256(data).hexdigest()
 
 
 def rename_reference_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -119,7 +123,13 @@ def convert_reference_checkpoint(path: str | Path) -> RobustBackbone:
 
     The network (ResNet or WideResNet), its depth, widths, stem and head are read off the checkpoint.
     """
-    state = rename_reference_keys(read_reference_state(path))
+    return load_reference_checkpoint(path)[0]
+
+
+def load_reference_checkpoint(path: str | Path) -> tuple[RobustBackbone, str]:
+    """The converted backbone and the sha256 of the checkpoint bytes it was built from."""
+    raw, sha = read_reference_state(path)
+    state = rename_reference_keys(raw)
     check_finite(state, source=str(path))
     if is_wide_resnet(state):
         for pattern, replacement in WRN_RENAMES:
@@ -129,17 +139,6 @@ def convert_reference_checkpoint(path: str | Path) -> RobustBackbone:
     else:
         state = rename_two_layer_head(state)
         name, args, kind = "robust_resnet18", infer_resnet_args(state), "ResNet"
-    model = create_backbone(name, **args)
-    try:
-        result = model.load_state_dict(state, strict=False)
-    except RuntimeError as error:  # shapes that disagree
-        raise RobustHubError(f"{path} does not match the reference {kind} layout: {str(error).splitlines()[0]}") from None
-    if result.missing_keys or result.unexpected_keys:
-        raise RobustHubError(f"{path} does not match the reference {kind} layout: "
-                             f"missing keys {_names(result.missing_keys)}; unexpected keys {_names(result.unexpected_keys)}")
-    return model.eval()
+    model = build_exactly(lambda: create_backbone(name, **args), state, f"{path} (read as the reference {kind} layout)")
+    return model.eval(), sha
 
-
-def _names(keys: list[str], limit: int = 8) -> str:
-    shown = ", ".join(keys[:limit]) or "none"
-    return f"{shown} (and {len(keys) - limit} more)" if len(keys) > limit else shown

@@ -13,13 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from robust_hub.errors import RobustHubError
 from robust_hub.io import atomic_directory, write_json_atomic, write_text_atomic
 from robust_hub.models.backbone import RobustBackbone
 from robust_hub.models.registry import ARCHITECTURES, create_backbone
+from robust_hub.models.strict import StoredWeights, build_exactly
 
 FORMAT_VERSION = 1
 WEIGHTS_NAME = "model.safetensors"
@@ -137,10 +137,16 @@ def read_config(model_dir: Path) -> dict[str, Any]:
         raise RobustHubError(f"{config_path} is not valid JSON ({error})") from None
     if not isinstance(config, dict) or "architecture" not in config:
         raise RobustHubError(f"{config_path} names no 'architecture'")
+    if not isinstance(config.get("model_args", {}), dict):
+        raise RobustHubError(f"{config_path}: 'model_args' must be a JSON object of constructor arguments")
+    num_classes = config.get("num_classes", 0)
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
+        raise RobustHubError(f"{config_path}: 'num_classes' must be a non-negative integer, got {num_classes!r}")
     return config
 
 
-def load_weights(model_dir: Path) -> dict[str, torch.Tensor]:
+def load_weights(model_dir: Path) -> StoredWeights:
+    """``model.safetensors``, read once and hashed; finite values only."""
     weights = model_dir / WEIGHTS_NAME
     if not weights.is_file():
         pickles = [name for name in PICKLE_NAMES if (model_dir / name).is_file()]
@@ -151,28 +157,28 @@ def load_weights(model_dir: Path) -> dict[str, torch.Tensor]:
             )
         raise RobustHubError(f"{model_dir} has no {WEIGHTS_NAME}")
     try:
-        state = load_file(str(weights))
-    except (SafetensorError, OSError, ValueError) as error:
-        raise RobustHubError(f"{weights} is corrupt or not a safetensors file ({error})") from None
-    check_finite(state, source=str(weights))
-    return state
+        stored = StoredWeights.read([weights])
+    except OSError as error:
+        raise RobustHubError(f"cannot read {weights} ({error})") from None
+    check_finite(stored.tensors, source=str(weights))
+    return stored
 
 
-def from_pretrained(repo_id_or_dir: str | os.PathLike, revision: str | None = None) -> RobustBackbone:
-    """Load a saved robust-hub backbone from a directory or a Hub repo id, strictly."""
-    model_dir = resolve_model_dir(repo_id_or_dir, revision)
+def load_model_dir(model_dir: Path) -> tuple[RobustBackbone, StoredWeights]:
+    """A robust-hub backbone and the weights it holds, all of them (see :mod:`robust_hub.models.strict`)."""
     config = read_config(model_dir)
     architecture = config["architecture"]
     if architecture not in ARCHITECTURES:
         raise RobustHubError(
             f"{model_dir} holds a {architecture!r} model, not a robust-hub backbone; load it with timm or transformers"
         )
-    model = create_backbone(architecture, num_classes=config.get("num_classes", 0), **config.get("model_args", {}))
-    state = load_weights(model_dir)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as error:
-        first_line = str(error).strip().splitlines()[0]
-        raise RobustHubError(f"weights in {model_dir} do not match its config.json: {first_line}") from None
+    stored = load_weights(model_dir)
+    model = build_exactly(lambda: create_backbone(architecture, num_classes=config.get("num_classes", 0),
+                                                  **config.get("model_args", {})), stored.tensors, str(model_dir))
     model.hub_config = config
-    return model.eval()
+    return model.eval(), stored
+
+
+def from_pretrained(repo_id_or_dir: str | os.PathLike, revision: str | None = None) -> RobustBackbone:
+    """Load a saved robust-hub backbone from a directory or a Hub repo id, strictly."""
+    return load_model_dir(resolve_model_dir(repo_id_or_dir, revision))[0]
