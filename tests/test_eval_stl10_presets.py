@@ -91,12 +91,19 @@ def test_an_unknown_preset_is_one_error_line(capsys):
     assert exit_.value.code == 2 and err.startswith("error:") and err.count("\n") == 1 and "--preset" in err
 
 
-def test_tables_name_a_non_uniform_preset():
-    from robust_hub.evaluation.card import evaluation_markdown
+def test_tables_name_a_non_uniform_preset_and_its_settings_are_not_a_change():
+    from robust_hub.evaluation.measured_on import measured_on
+    from robust_hub.model_card import CardInputs, Published, results_table
 
-    record = {"protocol": {"name": "slf", "settings": {"epochs": 5, "preset": "benchmark:dynacl_ir"}},
-              "dataset": {"source": "cifar10", "n_test": 10000}, "threat": {"norm": "linf", "eps": 8 / 255},
+    settings = {"epochs": 5, "preset": "benchmark:dynacl_ir",
+                "eval": {"full_sizes": {"train": 50000, "test": 10000}}}
+    record = {"protocol": {"name": "slf", "settings": settings}, "created_at": "2026-12-01T00:00:00+00:00",
+              "model": {"weights_sha256": "0" * 64}, "metric_set": ["clean"],
+              "dataset": {"source": "cifar10", "n_test": 10000, "n_train": 50000}, "threat": {"norm": "linf", "eps": 8 / 255},
               "metrics": {"clean_acc": 0.8}, "flags": []}
-    assert "SLF (epochs 5, preset benchmark:dynacl_ir)" in evaluation_markdown([record])
-    uniform = {**record, "protocol": {"name": "slf", "settings": {"epochs": 25, "preset": "uniform"}}}
-    assert "SLF (epochs 25) " in evaluation_markdown([uniform])
+    table = results_table(CardInputs({}, results=[Published(record, "robust-hub eval")]))
+    assert "SLF (epochs 5, preset benchmark:dynacl_ir)" in table
+    assert measured_on(record).changed == ()  # 5 epochs is what the benchmark preset runs for DynACL+IR's SLF
+    uniform = {**record, "protocol": {"name": "slf", "settings": {**settings, "epochs": 5, "preset": "uniform"}}}
+    assert "SLF (epochs 5) " in results_table(CardInputs({}, results=[Published(uniform, "robust-hub eval")]))
+    assert measured_on(uniform).changed == (("epochs", 5, 25),)  # the uniform protocol's SLF runs 25 epochs
