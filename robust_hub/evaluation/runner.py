@@ -6,6 +6,7 @@ metric set) and resuming from whatever an earlier run left in ``out_dir``.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
 import os
@@ -209,6 +210,7 @@ def evaluate(
     dataset: str | tuple[Any, Any] = "cifar10",
     out_dir: str | os.PathLike = "eval_results",
     revision: str | None = None,
+    name: str | None = None,
     allow_pickle: bool = False,
     metrics: Sequence[str] | str | None = None,
     norm: str = "linf",
@@ -242,6 +244,7 @@ def evaluate(
     flagged ``masked_gradients`` and gets no robust accuracy (``null``, flag ``robust_acc_withheld``);
     with ``attack_masked_models=True`` the attacks still run and their numbers go under
     ``metrics["untrusted"]``.
+    ``name`` replaces the model id the records carry (e.g. ORG/NAME for a local directory).
     ``protocol_overrides`` maps ``KEY`` or ``PROTOCOL.KEY`` (e.g. ``"slf.epochs"``,
     ``"train_attack.steps"``) to values. Records already in ``out_dir`` are reused, not recomputed.
     """
@@ -270,6 +273,8 @@ def evaluate(
 
     t0 = time.perf_counter()
     backbone = load_backbone(model, revision=revision, allow_pickle=allow_pickle)
+    if name is not None:  # the records name the model as given (a leaderboard's ORG/NAME), not by its path
+        backbone.info = dataclasses.replace(backbone.info, id=name)
     if isinstance(dataset, str):
         train, test = load_split(dataset, train_split), load_split(dataset, test_split)
     else:

@@ -24,16 +24,34 @@ def _open(args: argparse.Namespace):
 
 
 def add_submit_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model_id", help="Hub model id ORG/NAME (safetensors weights, no remote code)")
-    parser.add_argument("--revision", default=None, help="branch, tag or commit (pinned to its commit; default main)")
+    parser.add_argument("model", help="Hub model id ORG/NAME, or a model directory (an existing directory wins); "
+                        "safetensors weights, no remote code")
+    parser.add_argument("--revision", default=None, help="Hub model: branch, tag or commit (pinned to its commit; "
+                        "default main)")
+    parser.add_argument("--name", default=None, help="model directory: the ORG/NAME the leaderboard shows it as "
+                        "(required; it is pinned to the sha256 of its files, not to a commit)")
     _store_argument(parser)
 
 
 def run_submit_command(args: argparse.Namespace) -> int:
-    from robust_hub.leaderboard.runner import submit
+    from pathlib import Path
 
-    request = submit(_open(args), args.model_id, args.revision)
-    print(f"submitted {request.model_id} at commit {request.commit}: request {request.id} is PENDING")
+    from robust_hub.leaderboard.runner import submit, submit_local
+
+    store = _open(args)
+    if not Path(args.model).is_dir():
+        if args.name is not None:
+            raise RobustHubError(f"--name is for a model directory; {args.model!r} is not one (a Hub model keeps its id)")
+        request = submit(store, args.model, args.revision)
+        print(f"submitted {request.model_id} at commit {request.commit}: request {request.id} is PENDING")
+        return 0
+    if args.revision is not None:
+        raise RobustHubError(f"--revision is for a Hub model; {args.model} is a directory (pinned to its content)")
+    if args.name is None:
+        raise RobustHubError(f"{args.model} is a directory: give the name to show it as with --name ORG/NAME")
+    request = submit_local(store, args.model, args.name)
+    print(f"submitted {args.model} as {request.model_id}, pinned to the content of its files "
+          f"({request.commit[:25]}; change a file and it must be submitted again): request {request.id} is PENDING")
     return 0
 
 
