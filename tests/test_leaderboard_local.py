@@ -112,3 +112,45 @@ def test_a_local_request_in_a_hub_store_is_refused_by_the_runner(hub, tmp_path):
     (reason,) = summary.failed.values()
     assert "not local" in reason and store.list("results") == []
     assert main(["submit", str(model_dir), "--name", "lab/m", "--store", "hf://datasets/board/store"]) != 0
+
+
+def test_run_help_shows_every_default(capsys):
+    from robust_hub.cli import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["leaderboard", "run", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    run = build_parser()._subparsers._group_actions[0].choices["leaderboard"]._subparsers._group_actions[0] \
+        .choices["run"]
+    for action in run._actions:
+        if action.option_strings and action.dest not in ("help", "site"):
+            assert "default" in " ".join(action.help.split()), action.dest
+    assert "(default slf,alf,aff)" in text and "(default ./leaderboard_work)" in text and "(default 8/255)" in text
+    assert "--n-test N_TEST evaluate on the first N test images (default: all)" in text
+
+
+def test_run_says_what_it_will_do_and_where_once_before_working(tmp_path, capsys, monkeypatch):
+    import robust_hub.leaderboard.runner as runner
+
+    monkeypatch.delenv("ROBUST_HUB_LEADERBOARD_KEY", raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    monkeypatch.chdir(tmp_path)
+    seen = []
+
+    def run_queue(store, key, settings, work_dir, **kw):
+        seen.append((capsys.readouterr().out, settings, work_dir))
+        return runner.RunSummary()
+
+    monkeypatch.setattr(runner, "run_queue", run_queue)
+    argv = ["leaderboard", "run", "--store", "store", "--site", "site", "--n-test", "64", "--protocols", "slf"]
+    assert main(argv) == 0
+    (said, settings, work_dir), = seen
+    key_file = tmp_path / "config" / "robust-hub" / "leaderboard.key"
+    assert said.count("leaderboard run:") == 1 and "protocols slf (each protocol's own epochs (25))" in said
+    assert "metrics clean,pgd20,autoattack at eps 8/255 on cifar10" in said
+    assert "finetuning on all training images; testing on the first 64 test images; AutoAttack on all of those" in said
+    assert f"work directory {tmp_path / 'leaderboard_work'};" in said and work_dir == "leaderboard_work"
+    assert f"signing key {key_file} (created now" in said and key_file.is_file()
+    assert settings.protocols == "slf" and settings.options["n_test"] == 64
+    assert main(argv) == 0  # the key exists now, and is said to be used as it is
+    assert f"signing key {key_file}\n" in seen[1][0] and "created" not in seen[1][0]

@@ -12,7 +12,8 @@ STORE_ENV = "ROBUST_HUB_LEADERBOARD_STORE"
 
 def _store_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--store", default=os.environ.get(STORE_ENV),
-                        help=f"leaderboard store: a directory or hf://datasets/ORG/NAME (default ${STORE_ENV})")
+                        help=f"leaderboard store: a directory or hf://datasets/ORG/NAME (default ${STORE_ENV}, "
+                        "no default when unset)")
 
 
 def _open(args: argparse.Namespace):
@@ -57,33 +58,72 @@ def run_submit_command(args: argparse.Namespace) -> int:
 
 def add_leaderboard_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
-    run = sub.add_parser("run", help="evaluate pending requests, then rebuild the page")
-    build = sub.add_parser("build", help="rebuild the page from the store")
+    run = sub.add_parser("run", help="evaluate pending requests, then rebuild the page",
+                         description="Evaluate every pending request in the store, then rebuild the page. The defaults "
+                         "are the papers' full protocols (hours per model on a CPU); --protocols, --n-train, --n-test, "
+                         "--n-autoattack and --epochs make a quick run.")
+    build = sub.add_parser("build", help="rebuild the page from the store", description="Rebuild the page from the "
+                           "store's verified results.")
     for p in (run, build):
         _store_argument(p)
         p.add_argument("--site", required=True, help="directory to write index.html and leaderboard.md to (new, empty "
                        "or an earlier page)")
         p.add_argument("--overwrite", action="store_true", help="write the page into a directory robust-hub did not "
-                       "make (only index.html and leaderboard.md are replaced)")
+                       "make (only index.html and leaderboard.md are replaced; default: off)")
         p.add_argument("--key-file", default=None, help="the leaderboard's signing key (default $ROBUST_HUB_LEADERBOARD_KEY, "
                        "else ~/.config/robust-hub/leaderboard.key, made by the first run)")
-    run.add_argument("--work-dir", default="leaderboard_work", help="scratch space for evaluations in progress")
-    run.add_argument("--protocols", default="slf,alf,aff")
-    run.add_argument("--dataset", default="cifar10")
-    run.add_argument("--metrics", default="clean,pgd20,autoattack")
-    run.add_argument("--eps", default="8/255")
-    run.add_argument("--eps-curve", default="", help="comma-separated eps values for an accuracy-vs-eps curve")
-    run.add_argument("--epochs", type=int, default=None, help="override every protocol's finetuning epochs")
-    run.add_argument("--n-train", type=int, default=None)
-    run.add_argument("--n-test", type=int, default=None)
-    run.add_argument("--n-autoattack", type=int, default=None)
-    run.add_argument("--c10c-generate", action="store_true")
-    run.add_argument("--c10c-n-per-severity", type=int, default=None)
-    run.add_argument("--device", default="auto")
+    run.add_argument("--work-dir", default="leaderboard_work", help="scratch space for evaluations in progress "
+                     "(default ./%(default)s)")
+    run.add_argument("--protocols", default="slf,alf,aff", help="comma-separated: slf, alf, aff (default %(default)s)")
+    run.add_argument("--dataset", default="cifar10", help="evaluation dataset (default %(default)s)")
+    run.add_argument("--metrics", default="clean,pgd20,autoattack", help="comma-separated: clean, pgd20, autoattack, "
+                     "c10c (default %(default)s)")
+    run.add_argument("--eps", default="8/255", help="L-inf attack radius (default %(default)s)")
+    run.add_argument("--eps-curve", default="", help="comma-separated eps values for an accuracy-vs-eps curve "
+                     "(default: none)")
+    run.add_argument("--epochs", type=int, default=None, help="override every protocol's finetuning epochs "
+                     "(default: each protocol's own, 25)")
+    run.add_argument("--n-train", type=int, default=None, help="finetune on the first N training images "
+                     "(default: all)")
+    run.add_argument("--n-test", type=int, default=None, help="evaluate on the first N test images (default: all)")
+    run.add_argument("--n-autoattack", type=int, default=None, help="run AutoAttack on the first N test images "
+                     "(default: all of --n-test)")
+    run.add_argument("--c10c-generate", action="store_true", help="measure CIFAR-10-C on a generated set "
+                     "(default: off)")
+    run.add_argument("--c10c-n-per-severity", type=int, default=None, help="CIFAR-10-C images per severity "
+                     "(default: all)")
+    run.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ... (default %(default)s)")
     run.add_argument("--reclaim", action="store_true", help="also take RUNNING requests whose runner ran on this host "
-                     "and has exited, without waiting for its lease to run out")
+                     "and has exited, without waiting for its lease to run out (default: off)")
     run.add_argument("--lease", type=float, default=None, help="seconds a runner holds a request without renewing "
                      "(renewed every third of it while evaluating; default 1800)")
+
+
+def _count(n: int | None, what: str) -> str:
+    return f"all {what}" if n is None else f"the first {n} {what}"
+
+
+def describe_run(args: argparse.Namespace, store_location: str) -> str:
+    """What ``leaderboard run`` is about to do, and where: printed once before it starts."""
+    from pathlib import Path
+
+    from robust_hub.leaderboard.results import KEY_ENV, default_key_file
+
+    protocols = [p.strip() for p in args.protocols.split(",") if p.strip()]
+    epochs = "each protocol's own epochs (25)" if args.epochs is None else f"{args.epochs} epoch(s)"
+    if os.environ.get(KEY_ENV):
+        key = f"signing key from ${KEY_ENV}"
+    else:
+        path = Path(args.key_file) if args.key_file else default_key_file()
+        key = f"signing key {path}" + ("" if path.is_file() else " (created now, readable only by you)")
+    return "\n".join([
+        f"leaderboard run: every pending request in {store_location}, one at a time",
+        f"  protocols {', '.join(protocols)} ({epochs}); metrics {args.metrics} at eps {args.eps} on {args.dataset}",
+        f"  finetuning on {_count(args.n_train, 'training images')}; testing on {_count(args.n_test, 'test images')}; "
+        f"AutoAttack on {_count(args.n_autoattack, 'test images' if args.n_test is None else 'of those')}",
+        f"  work directory {Path(args.work_dir).resolve()}; {key}",
+        f"  then the page: {Path(args.site).resolve()}/index.html",
+    ])
 
 
 def _settings(args: argparse.Namespace):
@@ -120,6 +160,7 @@ def run_leaderboard_command(args: argparse.Namespace) -> int:
     status = 0
     if args.action == "run":
         settings = _settings(args)
+        print(describe_run(args, store.location), flush=True)
         lease = {} if args.lease is None else {"lease_s": _positive(args.lease, "--lease")}
         summary = run_queue(store, load_key(args.key_file, create=True), settings, args.work_dir, reclaim=args.reclaim,
                             **lease)
