@@ -452,6 +452,14 @@ def _pct(v: Any) -> str:
     return "withheld" if v is None else f"{100 * v:.2f}"
 
 
+def _model_name(model_id: str) -> str:
+    """A Hub id as it is; a local directory by its path from here (its folder name alone is usually "model")."""
+    path = Path(model_id)
+    if path.is_absolute() and path.is_relative_to(Path.cwd()):
+        return str(path.relative_to(Path.cwd()))
+    return model_id
+
+
 def format_table(records: list[dict]) -> str:
     """A plain-text table of the records' headline numbers (accuracies in %)."""
     header = ["model", "protocol", "dataset", "threat", "clean", "PGD-20", "AutoAttack", "C10-C", "flags"]
@@ -462,7 +470,7 @@ def format_table(records: list[dict]) -> str:
         threat = f"{r['threat']['norm']} {eps * 255:.3g}/255" if r["threat"]["norm"] == "linf" else f"l2 {eps:.3g}"
         c10c = m.get("c10c")
         rows.append([
-            Path(r["model"]["id"]).name or r["model"]["id"], r["protocol"]["name"], Path(r["dataset"]["source"]).name,
+            _model_name(r["model"]["id"]), r["protocol"]["name"], Path(r["dataset"]["source"]).name,
             threat, _pct(m["clean_acc"]) if "clean_acc" in m else "-", _pct(m["pgd20_acc"]) if "pgd20_acc" in m else "-",
             _pct(m["autoattack_acc"]) if "autoattack_acc" in m else "-",
             (_pct(c10c["mean"]) + ("*" if c10c["generated"] else "")) if c10c else "-",

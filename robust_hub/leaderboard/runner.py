@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import shutil
 import threading
 from dataclasses import dataclass, field
@@ -158,8 +159,17 @@ def _self_reported(model_id: str, commit: str) -> list[dict]:
         if isinstance(r.metric_value, (int, float)) and not isinstance(r.metric_value, bool) \
                 and math.isfinite(r.metric_value):
             out.append({"task": str(r.task_name or r.task_type), "dataset": str(r.dataset_name or r.dataset_type),
-                        "metric": str(r.metric_name or r.metric_type), "value": float(r.metric_value)})
+                        "metric": str(r.metric_name or r.metric_type), "value": float(r.metric_value),
+                        "commit": _claimed_commit(model_id, r.source_url) or commit})
     return out
+
+
+def _claimed_commit(model_id: str, source_url: object) -> str | None:
+    """The commit a claim says it was measured on (its source is a commit of this repo), so the table shows that
+    commit rather than the later one the card was read from (a push puts the card on top of the weights' commit)."""
+    match = re.search(rf"/{re.escape(model_id)}/commit/([0-9a-f]{{40}})$", source_url) \
+        if isinstance(source_url, str) else None
+    return match.group(1) if match else None
 
 
 class Lease:
