@@ -70,6 +70,9 @@ def add_leaderboard_arguments(parser: argparse.ArgumentParser) -> None:
                        "or an earlier page)")
         p.add_argument("--overwrite", action="store_true", help="write the page into a directory robust-hub did not "
                        "make (only index.html and leaderboard.md are replaced; default: off)")
+        p.add_argument("--space", default=None, metavar="ORG/NAME", help="also publish the page as a static Hugging "
+                       "Face Space (created if needed; refused if it holds files robust-hub did not write; "
+                       "default: none)")
         p.add_argument("--key-file", default=None, help="the leaderboard's signing key (default $ROBUST_HUB_LEADERBOARD_KEY, "
                        "else ~/.config/robust-hub/leaderboard.key, made by the first run)")
     run.add_argument("--work-dir", default="leaderboard_work", help="scratch space for evaluations in progress "
@@ -156,6 +159,10 @@ def run_leaderboard_command(args: argparse.Namespace) -> int:
     from robust_hub.leaderboard.runner import run_queue
 
     check_site(args.site, args.overwrite)  # before any evaluation runs
+    if args.space:
+        from robust_hub.leaderboard.space import check_space
+
+        check_space(args.space)
     store = _open(args)
     status = 0
     if args.action == "run":
@@ -178,4 +185,8 @@ def run_leaderboard_command(args: argparse.Namespace) -> int:
         print(f"warning: rejected {path}: {reason}")
     rows = sum(len(t.rows) for t in board.tables)
     print(f"leaderboard written to {args.site}/index.html ({len(board.tables)} table(s), {rows} verified row(s))")
+    if args.space:
+        from robust_hub.leaderboard.space import publish_space
+
+        print(f"published to the Space {publish_space(args.site, args.space)}")
     return status
