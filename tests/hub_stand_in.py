@@ -157,7 +157,8 @@ class HubStandIn:
 
     # ------------------------------------------------------------------ state, also usable directly from tests
 
-    def create_repo(self, repo_id: str, repo_type: str = "model", private: bool = False, sdk: str | None = None) -> Repo:
+    def create_repo(self, repo_id: str, repo_type: str = "model", private: bool = False,
+                    sdk: str | None = None) -> Repo:
         with self._lock:
             key = (repo_type, repo_id)
             if key in self.repos:  # the Hub's 409 carries the url: create_repo(exist_ok=True) reads it

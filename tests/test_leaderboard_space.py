@@ -59,6 +59,7 @@ def test_a_space_holding_someone_elses_files_is_refused_and_left_alone(hub, tmp_
 
 @pytest.mark.parametrize("space", ["noslash", "a/b/c", "../x"])
 def test_a_bad_space_id_is_one_error_line(hub, tmp_path, board, capsys, space):
-    assert main(["leaderboard", "build", "--store", str(board.root), "--site", str(tmp_path / "s"), "--space", space]) != 0
+    argv = ["leaderboard", "build", "--store", str(board.root), "--site", str(tmp_path / "s"), "--space", space]
+    assert main(argv) != 0
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: --space") and "\n" not in err

@@ -42,7 +42,8 @@ def run_submit_command(args: argparse.Namespace) -> int:
     store = _open(args)
     if not Path(args.model).is_dir():
         if args.name is not None:
-            raise RobustHubError(f"--name is for a model directory; {args.model!r} is not one (a Hub model keeps its id)")
+            raise RobustHubError(f"--name is for a model directory; {args.model!r} is not one "
+                                 "(a Hub model keeps its id)")
         request = submit(store, args.model, args.revision)
         print(f"submitted {request.model_id} at commit {request.commit}: request {request.id} is PENDING")
         return 0
