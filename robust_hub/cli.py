@@ -153,7 +153,8 @@ def _commands() -> dict[str, tuple[str, Callable, Callable]]:
                  add_eval_arguments, run_eval_command),
         "card": ("put the evaluation results of a model's weights into its model card",
                  add_card_arguments, run_card_command),
-        "submit": ("submit a Hub model to the leaderboard (a PENDING request pinned to a commit)",
+        "submit": ("submit a Hub model or a model directory to the leaderboard (a PENDING request pinned to a "
+                   "commit, or to the sha256 of its files)",
                    add_submit_arguments, run_submit_command),
         "leaderboard": ("run the leaderboard's queue, or rebuild its page", add_leaderboard_arguments,
                         run_leaderboard_command),

@@ -10,6 +10,7 @@ Endpoints (``{type}`` is ``model``/``dataset``/``space``; dataset and space URLs
 ``spaces/`` prefix on the file routes, as on the Hub):
 
 - ``POST /api/repos/create``                         create a repo with an initial ``.gitattributes`` commit
+                                                     (a Space needs an ``sdk``: gradio, docker or static)
 - ``GET  /api/{type}s/{repo}`` and ``.../revision/{rev}``   repo info (``id``, ``sha``, ``siblings``, ...)
 - ``GET  /api/{type}s/{repo}/tree/{rev}[/{path}]``   file listing (``recursive``), what snapshot_download reads
 - ``GET  /api/{type}s/{repo}/refs``                  branches and tags
@@ -49,6 +50,7 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 REPO_TYPES = ("model", "dataset", "space")
+SPACE_SDKS = ("gradio", "docker", "static")
 URL_PREFIXES = {"datasets": "dataset", "spaces": "space"}
 SHA_RE = re.compile(r"^[0-9a-f]{40}$")
 DEFAULT_TOKENS = frozenset({"hf_test"})
@@ -79,6 +81,7 @@ class Repo:
     branches: dict[str, str] = field(default_factory=dict)
     tags: dict[str, str] = field(default_factory=dict)
     created_at: str = ""
+    sdk: str | None = None  # a Space's SDK, given when it is created (the Hub requires one)
 
     def resolve(self, revision: str) -> str | None:
         if revision in self.branches:
@@ -154,14 +157,15 @@ class HubStandIn:
 
     # ------------------------------------------------------------------ state, also usable directly from tests
 
-    def create_repo(self, repo_id: str, repo_type: str = "model", private: bool = False) -> Repo:
+    def create_repo(self, repo_id: str, repo_type: str = "model", private: bool = False,
+                    sdk: str | None = None) -> Repo:
         with self._lock:
             key = (repo_type, repo_id)
             if key in self.repos:  # the Hub's 409 carries the url: create_repo(exist_ok=True) reads it
                 prefix = "" if repo_type == "model" else f"{repo_type}s/"
                 raise HubError(409, None, f"You already created this {repo_type} repo",
                                body={"url": f"{self.url}/{prefix}{repo_id}"})
-            repo = Repo(repo_id, repo_type, private, created_at=_now())
+            repo = Repo(repo_id, repo_type, private, created_at=_now(), sdk=sdk)
             sha = self._new_commit(repo, None, {".gitattributes": GITATTRIBUTES}, "initial commit", "")
             repo.branches["main"] = sha
             self.repos[key] = repo
@@ -336,7 +340,10 @@ class _Handler(BaseHTTPRequestHandler):
             raise HubError(400, None, f"invalid repo type {repo_type!r}")
         private = body.get("visibility") == "private" or bool(body.get("private"))
         repo_id = f"{organization}/{name}"
-        self.hub.create_repo(repo_id, repo_type, private)  # raises 409 when it exists
+        sdk = body.get("sdk")
+        if repo_type == "space" and sdk not in SPACE_SDKS:
+            raise HubError(400, None, f"a Space needs an sdk, one of {', '.join(SPACE_SDKS)}")
+        self.hub.create_repo(repo_id, repo_type, private, sdk)  # raises 409 when it exists
         prefix = "" if repo_type == "model" else f"{repo_type}s/"
         return self._send_json(200, {"url": f"{self._base_url()}/{prefix}{repo_id}", "name": repo_id, "id": repo_id})
 
@@ -354,7 +361,7 @@ class _Handler(BaseHTTPRequestHandler):
             "_id": hashlib.md5(repo_id.encode()).hexdigest()[:24], "id": repo_id, "modelId": repo_id,
             "author": repo_id.split("/")[0], "sha": sha, "lastModified": commit.date, "createdAt": repo.created_at,
             "private": repo.private, "gated": False, "disabled": False, "downloads": 0, "likes": 0, "tags": [],
-            "siblings": siblings,
+            "siblings": siblings, **({"sdk": repo.sdk} if repo.repo_type == "space" else {}),
         })
 
     def _tree(self, repo_type: str, repo_id: str, revision: str, path: str) -> int:

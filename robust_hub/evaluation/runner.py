@@ -234,6 +234,7 @@ def evaluate(
     dataset: str | tuple[Any, Any] = "cifar10",
     out_dir: str | os.PathLike = "eval_results",
     revision: str | None = None,
+    name: str | None = None,
     allow_pickle: bool = False,
     metrics: Sequence[str] | str | None = None,
     norm: str = "linf",
@@ -268,6 +269,7 @@ def evaluate(
     flagged ``masked_gradients`` and gets no robust accuracy (``null``, flag ``robust_acc_withheld``);
     with ``attack_masked_models=True`` the attacks still run and their numbers go under
     ``metrics["untrusted"]``.
+    ``name`` replaces the model id the records carry (e.g. ORG/NAME for a local directory).
     ``protocol_overrides`` maps ``KEY`` or ``PROTOCOL.KEY`` (e.g. ``"slf.epochs"``,
     ``"train_attack.steps"``) to values; they apply on top of ``preset`` (``uniform``, or the benchmark's
     per-method settings ``benchmark:<method>``). Records already in ``out_dir`` are reused, not recomputed.
@@ -297,6 +299,8 @@ def evaluate(
 
     t0 = time.perf_counter()
     backbone = load_backbone(model, revision=revision, allow_pickle=allow_pickle)
+    if name is not None:  # the records name the model as given (a leaderboard's ORG/NAME), not by its path
+        backbone.info = dataclasses.replace(backbone.info, id=name)
     image_size = dataset_image_size(dataset_name, backbone)
     configs = _protocol_configs(names, dataset_name, opts, protocol_overrides, image_size)
     if isinstance(dataset, str):
@@ -484,6 +488,14 @@ def _pct(v: Any) -> str:
     return "withheld" if v is None else f"{100 * v:.2f}"
 
 
+def _model_name(model_id: str) -> str:
+    """A Hub id as it is; a local directory by its path from here (its folder name alone is usually "model")."""
+    path = Path(model_id)
+    if path.is_absolute() and path.is_relative_to(Path.cwd()):
+        return str(path.relative_to(Path.cwd()))
+    return model_id
+
+
 def format_table(records: list[dict]) -> str:
     """A plain-text table of the records' headline numbers (accuracies in %)."""
     header = ["model", "protocol", "dataset", "threat", "clean", "PGD-20", "AutoAttack", "C10-C", "flags"]
@@ -494,7 +506,7 @@ def format_table(records: list[dict]) -> str:
         threat = f"{r['threat']['norm']} {eps * 255:.3g}/255" if r["threat"]["norm"] == "linf" else f"l2 {eps:.3g}"
         c10c = m.get("c10c")
         rows.append([
-            Path(r["model"]["id"]).name or r["model"]["id"], r["protocol"]["name"], Path(r["dataset"]["source"]).name,
+            _model_name(r["model"]["id"]), r["protocol"]["name"], Path(r["dataset"]["source"]).name,
             threat, _pct(m["clean_acc"]) if "clean_acc" in m else "-", _pct(m["pgd20_acc"]) if "pgd20_acc" in m else "-",
             _pct(m["autoattack_acc"]) if "autoattack_acc" in m else "-",
             (_pct(c10c["mean"]) + ("*" if c10c["generated"] else "")) if c10c else "-",

@@ -19,7 +19,7 @@ from typing import Any
 from urllib.parse import quote
 
 from robust_hub.evaluation.measured_on import measured_on
-from robust_hub.leaderboard.requests import RequestQueue
+from robust_hub.leaderboard.requests import RequestQueue, is_local
 from robust_hub.leaderboard.results import load_results
 from robust_hub.leaderboard.store import Store
 from robust_hub.leaderboard.trust import ranking_score, verdict
@@ -40,6 +40,15 @@ class Row:
     c10c: float | None
     flags: list[str]
     unranked_because: list[str]
+
+    @property
+    def on_hub(self) -> bool:
+        """A Hub model (pinned to a commit) rather than a local directory (pinned to its content hash)."""
+        return not is_local(self.commit)
+
+    @property
+    def short_commit(self) -> str:
+        return self.commit[:7] if self.on_hub else "sha256 " + self.commit.removeprefix("local-sha256:")[:7]
 
 
 @dataclass
@@ -97,8 +106,8 @@ def build_board(store: Store, key: bytes, endpoint: str) -> Board:
     for table in tables.values():
         ranked = sorted((row for row in table.rows if not row.unranked_because),
                         key=lambda row: (-row.autoattack, -(row.clean or 0), row.model_id))
-        for i, row in enumerate(ranked, 1):
-            row.rank = i
+        for i, row in enumerate(ranked):  # competition ranking: equal AutoAttack, equal rank (1, 1, 3)
+            row.rank = ranked[i - 1].rank if i and row.autoattack == ranked[i - 1].autoattack else i + 1
         table.rows = ranked + sorted((row for row in table.rows if row.unranked_because), key=lambda row: row.model_id)
     claims = [{"model_id": q.model_id, "commit": q.commit, **claim}
               for q in requests if q.state == "FINISHED" for claim in q.event.get("self_reported", [])]
@@ -142,8 +151,9 @@ def render_markdown(board: Board) -> str:
         for row in table.rows:
             rank = str(row.rank) if row.rank else "unranked (" + ", ".join(row.unranked_because) + ")"
             url = f"{board.endpoint}/{quote(row.model_id)}"
-            link = f"[{cell(row.model_id)}]({url})"
-            commit = f"[{cell(row.commit[:7])}]({url}/commit/{quote(row.commit)})"
+            link = f"[{cell(row.model_id)}]({url})" if row.on_hub else f"{cell(row.model_id)} (local)"
+            commit = f"[{cell(row.commit[:7])}]({url}/commit/{quote(row.commit)})" if row.on_hub else \
+                cell(row.short_commit)
             out.append(f"| {cell(rank)} | {link} | {commit} | {_pct(row.clean)} | {_pct(row.pgd20)} | "
                        f"{_pct(row.autoattack)} | {_pct(row.c10c)} | {cell(', '.join(row.flags) or '-')} |")
         out.append("")

@@ -35,6 +35,9 @@ STATES = ("PENDING", "RUNNING", "FINISHED", "FAILED")
 # The Hub's own rules for a namespace and a repository name, applied strictly: no path-like ids.
 NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?$")
 COMMIT = re.compile(r"^[0-9a-f]{40}$")
+# A model from a local directory has no commit: it is pinned to the content hash of its files (the evaluation
+# records it as its revision), and lives on the runner's own file system.
+LOCAL_COMMIT = re.compile(r"^local-sha256:[0-9a-f]{64}$")
 EVENT_FILE = re.compile(r"^requests/([^/]+)/(\d{4})\.json$")
 DEFAULT_LEASE_S = 30 * 60
 MAX_TRIES = 3
@@ -53,7 +56,11 @@ def validate_model_id(model_id: Any) -> str:
 
 
 def request_id(model_id: str, commit: str) -> str:
-    return f"{model_id.replace('/', '--')}--{commit}"
+    return f"{model_id.replace('/', '--')}--{commit.replace(':', '-')}"
+
+
+def is_local(commit: str) -> bool:
+    return bool(LOCAL_COMMIT.fullmatch(commit))
 
 
 def _now() -> datetime:
@@ -143,8 +150,11 @@ def _check_pending(rid: str, event: Any) -> dict:
         raise RobustHubError(f"the request's first event is {event.get('state')!r}, not PENDING")
     model_id = validate_model_id(event.get("model_id"))
     commit = event.get("commit")
-    if not isinstance(commit, str) or not COMMIT.fullmatch(commit):
-        raise RobustHubError(f"the request's commit {commit!r} is not a 40-hex commit sha")
+    if not isinstance(commit, str) or not (COMMIT.fullmatch(commit) or LOCAL_COMMIT.fullmatch(commit)):
+        raise RobustHubError(f"the request's commit {commit!r} is neither a 40-hex commit sha nor a local-sha256 "
+                             "content hash")
+    if is_local(commit) and not isinstance(event.get("local_dir"), str):
+        raise RobustHubError("a request pinned to a content hash names no local_dir")
     if request_id(model_id, commit) != rid:
         raise RobustHubError(f"the request names {model_id}@{commit[:12]} but is filed as {rid}")
     return event
@@ -232,7 +242,7 @@ class RequestQueue:
         """Sign ``state`` into the slot after ``request``'s last; None when another writer's verified event came
         first (then that writer owns the request now)."""
         assert state in STATES and self.key is not None
-        carried = {k: request.event[k] for k in ("model_id", "commit", "requested_revision", "tries")
+        carried = {k: request.event[k] for k in ("model_id", "commit", "requested_revision", "local_dir", "tries")
                    if k in request.event}
         for _ in range(MAX_APPENDS):
             seq = request.last_seq + 1

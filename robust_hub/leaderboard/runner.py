@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import shutil
 import threading
 from dataclasses import dataclass, field
@@ -21,10 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from robust_hub.errors import RobustHubError
-from robust_hub.leaderboard.requests import (DEFAULT_LEASE_S, MAX_TRIES, Request, RequestQueue, request_id,
+from robust_hub.leaderboard.requests import (DEFAULT_LEASE_S, MAX_TRIES, Request, RequestQueue, is_local, request_id,
                                              validate_model_id)
 from robust_hub.leaderboard.results import check_result, result_path, sign
-from robust_hub.leaderboard.store import Store
+from robust_hub.leaderboard.store import LocalStore, Store
 
 log = logging.getLogger(__name__)
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
@@ -50,6 +51,28 @@ def _hub_call(model_id: str, revision: str | None, call):
         raise RobustHubError(f"the Hub cannot be reached ({type(error).__name__})") from None
 
 
+def _check_files(label: str, files: set[str], read_config) -> dict[str, Any]:
+    """What a submission would make the runner load, checked from its file list before any weights are read."""
+    if "config.json" not in files:
+        raise RobustHubError(f"{label} has no config.json; it is not a model robust-hub can load")
+    if not any(f.endswith(".safetensors") for f in files):
+        pickles = sorted(f for f in files if f.endswith(PICKLE_SUFFIXES))
+        if pickles:
+            raise RobustHubError(f"{label} has weights only as a pickle ({pickles[0]}); "
+                                 "the leaderboard reads safetensors only")
+        raise RobustHubError(f"{label} has no safetensors weights")
+    try:
+        config = json.loads(read_config())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise RobustHubError(f"{label}: config.json is not valid JSON ({error})") from None
+    if not isinstance(config, dict):
+        raise RobustHubError(f"{label}: config.json does not hold a JSON object")
+    if any(k in config for k in REMOTE_CODE_KEYS) or any(f.endswith(".py") for f in files):
+        raise RobustHubError(f"{label} needs remote code (auto_map or .py files); "
+                             "the leaderboard never runs remote code")
+    return config
+
+
 def inspect_model(model_id: str, revision: str | None) -> tuple[str, dict[str, Any]]:
     """Pin ``model_id`` at ``revision`` to a commit and check what it would make the runner load."""
     from huggingface_hub import HfApi, hf_hub_download
@@ -57,31 +80,48 @@ def inspect_model(model_id: str, revision: str | None) -> tuple[str, dict[str, A
     validate_model_id(model_id)
     info = _hub_call(model_id, revision, lambda: HfApi().model_info(model_id, revision=revision))
     commit, files = info.sha, {s.rfilename for s in info.siblings or []}
-    if "config.json" not in files:
-        raise RobustHubError(f"{model_id}@{commit[:12]} has no config.json; it is not a model robust-hub can load")
-    if not any(f.endswith(".safetensors") for f in files):
-        pickles = sorted(f for f in files if f.endswith(PICKLE_SUFFIXES))
-        if pickles:
-            raise RobustHubError(f"{model_id}@{commit[:12]} has weights only as a pickle ({pickles[0]}); "
-                                 "the leaderboard reads safetensors only")
-        raise RobustHubError(f"{model_id}@{commit[:12]} has no safetensors weights")
-    path = _hub_call(model_id, commit, lambda: hf_hub_download(model_id, "config.json", revision=commit))
-    try:
-        config = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise RobustHubError(f"{model_id}@{commit[:12]}: config.json is not valid JSON ({error})") from None
-    if not isinstance(config, dict):
-        raise RobustHubError(f"{model_id}@{commit[:12]}: config.json does not hold a JSON object")
-    if any(k in config for k in REMOTE_CODE_KEYS) or any(f.endswith(".py") for f in files):
-        raise RobustHubError(f"{model_id}@{commit[:12]} needs remote code (auto_map or .py files); "
-                             "the leaderboard never runs remote code")
-    return commit, config
+    read = lambda: Path(_hub_call(model_id, commit, lambda: hf_hub_download(model_id, "config.json",  # noqa: E731
+                                                                              revision=commit))).read_bytes()
+    return commit, _check_files(f"{model_id}@{commit[:12]}", files, read)
+
+
+def inspect_local(path: str | Path) -> tuple[str, dict[str, Any]]:
+    """Pin a model directory to the content hash of its files (``local-sha256:HEX``) and check it like a Hub model.
+
+    Links are refused: the hash and the evaluation must read the same files, all inside the directory.
+    """
+    from robust_hub.evaluation.loading import sha256_directory
+
+    root = Path(path)
+    if not root.is_dir() or root.is_symlink():
+        raise RobustHubError(f"model directory {root} does not exist (or is a link)")
+    entries = list(root.rglob("*"))
+    links = [p for p in entries if p.is_symlink()]
+    if links:
+        raise RobustHubError(f"{root} holds a link ({links[0].relative_to(root)}); submit a directory of plain files")
+    files = {str(p.relative_to(root)) for p in entries if p.is_file()}
+    config = _check_files(str(root), files, (root / "config.json").read_bytes)
+    return f"local-sha256:{sha256_directory(root)}", config
 
 
 def submit(store: Store, model_id: str, revision: str | None = None) -> Request:
     """File a PENDING request for ``model_id`` pinned to the commit ``revision`` resolves to."""
     commit, _ = inspect_model(model_id, revision)
     return RequestQueue(store).submit(model_id, commit, revision or "main")
+
+
+def submit_local(store: Store, path: str | Path, name: str) -> Request:
+    """File a PENDING request for the model directory ``path``, shown as ``name`` (ORG/NAME), pinned to its content.
+
+    Only a local store takes one: its runner shares this file system, and reads the directory again at run time
+    (refusing it if its files changed since).
+    """
+    if not isinstance(store, LocalStore):
+        raise RobustHubError(f"a model directory can only be submitted to a local store (not {store.location}): "
+                             "its runner reads it from this file system")
+    validate_model_id(name)
+    commit, _ = inspect_local(path)
+    return RequestQueue(store).submit(name, commit, "local directory", local_dir=str(Path(path).resolve()))
 
 
 @dataclass
@@ -119,8 +159,17 @@ def _self_reported(model_id: str, commit: str) -> list[dict]:
         if isinstance(r.metric_value, (int, float)) and not isinstance(r.metric_value, bool) \
                 and math.isfinite(r.metric_value):
             out.append({"task": str(r.task_name or r.task_type), "dataset": str(r.dataset_name or r.dataset_type),
-                        "metric": str(r.metric_name or r.metric_type), "value": float(r.metric_value)})
+                        "metric": str(r.metric_name or r.metric_type), "value": float(r.metric_value),
+                        "commit": _claimed_commit(model_id, r.source_url) or commit})
     return out
+
+
+def _claimed_commit(model_id: str, source_url: object) -> str | None:
+    """The commit a claim says it was measured on (its source is a commit of this repo), so the table shows that
+    commit rather than the later one the card was read from (a push puts the card on top of the weights' commit)."""
+    match = re.search(rf"/{re.escape(model_id)}/commit/([0-9a-f]{{40}})$", source_url) \
+        if isinstance(source_url, str) else None
+    return match.group(1) if match else None
 
 
 class Lease:
@@ -226,8 +275,8 @@ def _evaluate(store: Store, key: bytes, request: Request, settings: EvalSettings
     from robust_hub.evaluation.runner import evaluate
 
     try:
-        commit, _ = inspect_model(request.model_id, request.commit)
-        records = evaluate(request.model_id, revision=commit, out_dir=out, protocols=settings.protocols,
+        model, revision = _pinned_source(store, request)
+        records = evaluate(model, revision=revision, name=request.model_id, out_dir=out, protocols=settings.protocols,
                            dataset=settings.dataset, metrics=settings.metrics, eps=settings.eps,
                            progress=False, print_table=False, **settings.options)
         for record in records:
@@ -240,7 +289,7 @@ def _evaluate(store: Store, key: bytes, request: Request, settings: EvalSettings
             path = result_path(record, request.id)
             if not store.create(path, sign(record, request.id, key), message=f"{request.id}: result"):
                 _check_existing(store, path, key)  # an earlier try of this request wrote it, or someone else did
-        claims = _self_reported(request.model_id, commit)
+        claims = [] if is_local(request.commit) else _self_reported(request.model_id, request.commit)
         shutil.rmtree(out, ignore_errors=True)
         return "FINISHED", {"records": len(records), "self_reported": claims}
     except RobustHubError as error:
@@ -252,6 +301,21 @@ def _evaluate(store: Store, key: bytes, request: Request, settings: EvalSettings
         if request.tries >= MAX_TRIES:
             return "FAILED", {"reason": f"crashed on each of {request.tries} tries; last: {reason}"}
         return "PENDING", {"last_error": reason}
+
+
+def _pinned_source(store: Store, request: Request) -> tuple[str, str | None]:
+    """What to load for ``request``, checked again now: the Hub commit, or the local directory if still unchanged."""
+    if not is_local(request.commit):
+        commit, _ = inspect_model(request.model_id, request.commit)
+        return request.model_id, commit
+    if not isinstance(store, LocalStore):  # anyone can file a request in a shared store: never read their paths
+        raise RobustHubError("a request for a local directory in a store that is not local; refused")
+    local_dir = request.event["local_dir"]
+    commit, _ = inspect_local(local_dir)
+    if commit != request.commit:
+        raise RobustHubError(f"{local_dir} changed since it was submitted (content {commit[13:25]}, submitted "
+                             f"{request.commit[13:25]}); submit it again")
+    return "local-dir:" + local_dir, None
 
 
 def _check_existing(store: Store, path: str, key: bytes) -> None:

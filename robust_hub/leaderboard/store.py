@@ -155,24 +155,25 @@ class HubStore:
 
 
 @contextlib.contextmanager
-def _hub_errors(repo_id: str, passthrough: int | None = None):
+def _hub_errors(repo_id: str, passthrough: int | None = None, what: str = "the store"):
+    """Hub errors as one RobustHubError line naming ``what`` (``the store``, ``the Space``) and ``repo_id``."""
     from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled, RepositoryNotFoundError
     from huggingface_hub.utils import httpx
 
     try:
         yield
     except OfflineModeIsEnabled:
-        raise RobustHubError(f"the store {repo_id!r} is on the Hub and HF_HUB_OFFLINE is set") from None
+        raise RobustHubError(f"{what} {repo_id!r} is on the Hub and HF_HUB_OFFLINE is set") from None
     except RepositoryNotFoundError:
-        raise RobustHubError(f"the store dataset {repo_id!r} does not exist or this token cannot see it") from None
+        raise RobustHubError(f"{what} {repo_id!r} does not exist or this token cannot see it") from None
     except HfHubHTTPError as error:
         status = getattr(error.response, "status_code", None)
         if status is not None and status == passthrough:
             raise
-        raise RobustHubError(f"the store {repo_id!r} on the Hub answered {status}: "
+        raise RobustHubError(f"{what} {repo_id!r} on the Hub answered {status}: "
                              f"{str(error).strip().splitlines()[0]}") from None
     except httpx.HTTPError as error:
-        raise RobustHubError(f"the Hub holding the store {repo_id!r} cannot be reached ({type(error).__name__})") from None
+        raise RobustHubError(f"the Hub holding {what} {repo_id!r} cannot be reached ({type(error).__name__})") from None
 
 
 def open_store(location: str) -> Store:
