@@ -15,6 +15,10 @@ from test_pretrain import ACCELERATE, ENV, QUICK, SCRIPT, run
 # Full set in epoch 1, one selection for epochs 2-3.
 # 8x8 images: a selection attacks every training image, so keep each one cheap.
 RCS = ["data.image_size=8", "coreset.mode=rcs", "coreset.fraction=0.1", "coreset.warmup_epochs=1", "coreset.interval=2"]
+# QUICK caps an epoch at 4 minibatches; a selection then chooses floor(0.1 * 4) of them, at least one (RCS's budget
+# is a fraction of what an epoch trains on), so epochs 2 and 3 each take that many steps after epoch 1's four.
+CORESET_STEPS = max(1, math.floor(0.1 * 4))
+LAST_STEP = 4 + 2 * CORESET_STEPS
 
 
 def training_record(out):
@@ -105,7 +109,7 @@ def test_killed_right_after_a_selection_and_resumed_equals_uninterrupted(tmp_pat
     resumed = run([*QUICK, *RCS, f"train.output_dir={interrupted}", "--resume"])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "coreset (rcs) for epoch 2" not in resumed.stderr  # the saved coreset is used, not recomputed
-    assert "resumed from" in resumed.stderr and "step 9 (epoch 3)" in resumed.stderr
+    assert "resumed from" in resumed.stderr and f"step {LAST_STEP} (epoch 3)" in resumed.stderr
     a, b = (load_file(d / "model" / "model.safetensors") for d in (straight, interrupted))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), "resumed run diverged"
     histories = [training_record(d)["coreset_selections"] for d in (straight, interrupted)]
@@ -122,10 +126,7 @@ def test_two_processes_select_once_and_train_on_the_same_coreset(tmp_path):
     result = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     lines = [line.split("robust_hub.pretrain: ")[1] for line in result.stderr.splitlines() if "coreset (rcs) for epoch" in line]
-    assert len(lines) == 2  # one line per process, one selection
-    strip_time = [line.split(" in ")[0] + line.split(" s,")[1] for line in lines]
-    assert strip_time[0] == strip_time[1]  # the same coreset size and gains on both processes
+    assert len(lines) == 1  # one selection, logged once for the process group
     history = training_record(out)["coreset_selections"]
-    assert len(history) == 1 and history[0]["size"] == math.floor(0.1 * json.loads(
-        (out / "environment.json").read_text())["data"]["train_images"] / 32) * 32
-    assert "step 12 (epoch 3)" in result.stderr
+    assert len(history) == 1 and history[0]["size"] == CORESET_STEPS * 32
+    assert f"step {LAST_STEP} (epoch 3)" in result.stderr
