@@ -68,6 +68,6 @@ def test_main_job_as_written_prints_its_probe_and_next_steps_once_and_no_library
     assert "scored on its 359 held-out test images" in lines[probe]
     rows = [lines[probe + 2].split(), lines[probe + 3].split()]
     assert rows[0][:2] == ["random", "initialisation"] and rows[1][:2] == ["pre-trained", "(ACL)"]
-    assert all(cell.endswith("%") for row in rows for cell in row[2:]) and len(rows[0]) == len(rows[1]) == 4
+    assert all(cell.endswith("%") for row in rows for cell in row[2:]) and len(rows[0]) == len(rows[1]) == 5
     assert lines[probe + 4].startswith("Pre-training changed the probe's accuracy by")
     assert f"inspect {out / 'model'}" in result.stdout and "next:" in lines

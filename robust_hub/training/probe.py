@@ -21,7 +21,9 @@ from torch import nn
 from robust_hub.config import RunConfig
 from robust_hub.errors import RobustHubError
 
-EPS = 8 / 255
+# The papers' 8/255, and 2/255, where a short demo run already shows the gain (on the main job's 80 steps:
+# 3.6% -> 50.1% under PGD-20 at 2/255, while 8/255 breaks both backbones).
+EPSILONS = (2 / 255, 8 / 255)
 PGD_STEPS = 20  # as the evaluation suite's PGD-20
 LBFGS_ITERATIONS = 500
 WEIGHT_DECAY = 1e-3  # keeps the probe finite (and unique) on linearly separable features
@@ -32,14 +34,16 @@ class ProbeReport:
     source: str
     n_train: int
     n_test: int
-    rows: dict[str, tuple[float, float]]  # backbone -> (clean, PGD) accuracy on the test split
+    rows: dict[str, tuple[float, ...]]  # backbone -> (clean, PGD at each of EPSILONS) accuracy on the test split
 
     def lines(self) -> list[str]:
         width = max(len(name) for name in self.rows)
         lines = [f"Linear probe on frozen features, fitted on the {self.n_train} training images of {self.source} and "
                  f"scored on its {self.n_test} held-out test images:",
-                 f"  {'backbone':<{width}}   clean   PGD-{PGD_STEPS} (8/255)"]
-        lines += [f"  {name:<{width}}  {clean:6.1%}  {robust:6.1%}" for name, (clean, robust) in self.rows.items()]
+                 f"  {'backbone':<{width}}  {'clean':>6}" + "".join(f"  {f'PGD-{PGD_STEPS} {eps * 255:g}/255':>12}"
+                                                                     for eps in EPSILONS)]
+        lines += [f"  {name:<{width}}  {values[0]:>6.1%}" + "".join(f"  {value:>12.1%}" for value in values[1:])
+                  for name, values in self.rows.items()]
         return lines
 
 
@@ -56,7 +60,7 @@ def probe_pretraining(model_dir: Path, config: RunConfig, device: str | torch.de
     torch.manual_seed(seed)
     backbones = {"random initialisation": wrap_module(_build_model(config)),
                  f"pre-trained ({config.method.name.upper()})": load_backbone(model_dir)}
-    attack = PGDConfig(eps=EPS, alpha=EPS / 4, steps=PGD_STEPS)
+    attacks = [PGDConfig(eps=eps, alpha=eps / 4, steps=PGD_STEPS) for eps in EPSILONS]
     rows = {}
     for name, backbone in backbones.items():
         backbone = backbone.to(device).eval()
@@ -64,7 +68,8 @@ def probe_pretraining(model_dir: Path, config: RunConfig, device: str | torch.de
         classifier.head = fit_linear_probe(_features(backbone, train.images, device), train.labels.to(device),
                                            train.num_classes, seed)
         rows[name] = (accuracy(classifier, test, device=device),
-                      pgd_accuracy(classifier, test, attack, seed=seed, device=device, progress=False))
+                      *(pgd_accuracy(classifier, test, attack, seed=seed, device=device, progress=False)
+                        for attack in attacks))
     return ProbeReport(data.source, len(train.labels), len(test.labels), rows)
 
 

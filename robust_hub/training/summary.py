@@ -39,9 +39,12 @@ def _probe_lines(config: RunConfig, model_dir: Path) -> list[str]:
         report = probe_pretraining(model_dir, config)
     except RobustHubError as error:
         return [f"no closing probe: {error}"]
-    (random_clean, random_robust), (clean, robust) = report.rows.values()
-    verdict = (f"Pre-training changed the probe's accuracy by {100 * (clean - random_clean):+.1f} points clean and "
-               f"{100 * (robust - random_robust):+.1f} under attack.")
+    from robust_hub.training.probe import EPSILONS
+
+    random_row, pretrained_row = report.rows.values()
+    change = [100 * (mine - base) for mine, base in zip(pretrained_row, random_row)]
+    under_attack = ", ".join(f"{c:+.1f} at {eps * 255:g}/255" for c, eps in zip(change[1:], EPSILONS))
+    verdict = f"Pre-training changed the probe's accuracy by {change[0]:+.1f} points clean, {under_attack} under PGD-20."
     return [*report.lines(), verdict]
 
 
