@@ -71,3 +71,14 @@ def hub(tmp_path, monkeypatch):
     monkeypatch.setattr(hf_api.api, "endpoint", server.url)
     yield server
     server.stop()
+
+
+@pytest.fixture(params=["local", "hub"])
+def store(request, tmp_path):
+    """A leaderboard store of each kind: a local directory, and a Hub dataset on the stand-in Hub."""
+    from robust_hub.leaderboard.store import HubStore, LocalStore
+
+    if request.param == "local":
+        return LocalStore(tmp_path / "store")
+    request.getfixturevalue("hub")
+    return HubStore("board/store")

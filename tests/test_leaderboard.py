@@ -28,14 +28,6 @@ SHA = "a" * 40
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-@pytest.fixture(params=["local", "hub"])
-def store(request, tmp_path):
-    if request.param == "local":
-        return LocalStore(tmp_path / "store")
-    request.getfixturevalue("hub")
-    return HubStore("board/store")
-
-
 def test_store_create_is_exclusive_and_readable(store):
     assert store.create("requests/x/0000-PENDING.json", b"first")
     assert not store.create("requests/x/0000-PENDING.json", b"second")

@@ -20,7 +20,7 @@ from robust_hub.leaderboard.render import build_board, build_site
 from robust_hub.leaderboard.requests import MAX_TRIES, RequestQueue, request_id
 from robust_hub.leaderboard.results import result_path, sign
 from robust_hub.leaderboard.runner import EvalSettings, run_queue, submit
-from robust_hub.leaderboard.store import HubStore, LocalStore
+from robust_hub.leaderboard.store import LocalStore
 
 from leaderboard_helpers import KEY, fast_settings, file_result, history, push_tiny, record
 
@@ -28,14 +28,6 @@ WORKER = Path(__file__).with_name("leaderboard_worker.py")
 SHAS = [f"{i}" * 40 for i in range(1, 10)]
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-@pytest.fixture(params=["local", "hub"])
-def store(request, tmp_path):
-    if request.param == "local":
-        return LocalStore(tmp_path / "store")
-    request.getfixturevalue("hub")
-    return HubStore("board/queue")
 
 
 @pytest.fixture
