@@ -216,3 +216,21 @@ def test_the_leaderboard_build_command_warns_about_failed_evidence(tmp_path, cap
     out = capsys.readouterr().out
     assert "warning: org/bad (2222222): evidence failed: image 5" in out and "0 with evidence re-verified" in out
     assert json.loads(next((tmp_path / "cache").glob("*.json")).read_text())["images"] == [5]
+
+
+def test_build_fetches_evidence_from_either_store_as_plain_files(store, tmp_path):
+    rec = with_evidence(record("org/a", "1" * 40), b"head bytes", b"example bytes")
+    file_result(store, rec)
+    put_evidence(store, b"head bytes", b"example bytes")
+    seen = {}
+
+    def verifier(record, fetch, **loaders):
+        for entry in [record["evidence"]["classifier"], *record["evidence"]["metrics"].values()]:
+            local = fetch(entry["path"])
+            seen[entry["path"]] = (local.is_symlink(), local.read_bytes())
+        return VerifyReport(True, [], [], {})
+
+    rows = build_board_rows(store, tmp_path, verifier)
+    assert rows["org/a"].evidence.state == "verified"
+    assert seen == {rec["evidence"]["classifier"]["path"]: (False, b"head bytes"),
+                    rec["evidence"]["metrics"]["pgd20"]["path"]: (False, b"example bytes")}
