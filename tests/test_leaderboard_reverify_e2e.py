@@ -8,8 +8,6 @@ import shutil
 import pytest
 
 from robust_hub.leaderboard.render import build_site
-from robust_hub.leaderboard.reverify import EvidenceChecker
-from robust_hub.leaderboard.requests import RequestQueue
 from robust_hub.leaderboard.runner import EvalSettings, run_queue, submit_local
 from robust_hub.leaderboard.store import LocalStore
 
@@ -40,14 +38,13 @@ def test_a_real_result_is_re_verified_and_fails_once_its_weights_change(tmp_path
     assert "re-verified" in (tmp_path / "site" / "leaderboard.md").read_text()
     assert len(list((tmp_path / "cache" / "leaderboard-verified").glob("*.json"))) == 1
 
-    requests = {q.id: q for q in RequestQueue(store, KEY).all()[0]}
-
-    # the weights under the submitted directory change after the run: a fresh verification fails, naming why
+    # the weights under the submitted directory change after the run: verifying again fails, naming why (the
+    # cached verdict names the directory's content, so the same cache does not keep saying "re-verified")
     shutil.rmtree(model_dir)
     tiny_model(model_dir, seed=1)
-    checker = EvidenceChecker(store, requests, cache_dir=tmp_path / "verified-again")
-    board = build_site(store, KEY, tmp_path / "site", endpoint="https://huggingface.co", check_evidence=checker)
+    board = build_site(store, KEY, tmp_path / "site", endpoint="https://huggingface.co")
     (row,) = board.tables[0].rows
     assert row.evidence.state == "failed" and row.rank is None
     assert any(p.startswith("weights: sha256") for p in row.evidence.problems), row.evidence.problems
     assert "evidence failed" in (tmp_path / "site" / "index.html").read_text()
+    assert len(list((tmp_path / "cache" / "leaderboard-verified").glob("*.json"))) == 2

@@ -5,8 +5,8 @@ the runner files them at that same path in the store, before the result itself, 
 its store path and results share identical files (content-addressed). ``leaderboard build`` gives each
 result with evidence to :func:`robust_hub.evaluation.evidence.verify_record`, which treats the files as untrusted
 (safetensors only, sizes, shapes, dtypes and hashes checked); the store hands them over without following a link.
-A verification is cached under the hash of the record, which names every evidence file by its sha256, so a
-rebuild redoes only new results.
+A verification is cached under the hash of the record, which names every evidence file by its sha256 (and, for a
+local directory, of the directory's files now), so a rebuild redoes only new results.
 """
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ class EvidenceChecker:
         """The row's status; never raises (one result's trouble must not stop the build)."""
         if not result.record.get("evidence"):
             return NO_EVIDENCE
-        cache_file = self.cache_dir / f"{_cache_key(result.record)}.json"
+        cache_file = self.cache_dir / f"{_cache_key(result.record, self._local_content(result))}.json"
         cached = _read_cached(cache_file)
         if cached is not None:
             return cached
@@ -122,6 +122,18 @@ class EvidenceChecker:
         if report.ok:
             return EvidenceStatus("verified", date)
         return EvidenceStatus("failed", date, tuple(report.images), tuple(report.problems))
+
+    def _local_content(self, result: VerifiedResult) -> str:
+        """The current sha256 of a local directory's files (a Hub commit cannot change; a directory can)."""
+        request = self.requests.get(result.request_id)
+        if not is_local(result.record["model"]["revision"]) or request is None:
+            return ""
+        from robust_hub.evaluation.loading import sha256_directory
+
+        try:
+            return sha256_directory(Path(request.event.get("local_dir", "")))
+        except (OSError, RobustHubError):  # gone: verifying says so, and nothing cached matches
+            return ""
 
     def _model_loader(self, result: VerifiedResult) -> Callable | None:
         """A local directory is reloaded from where its request says it is (only in a local store, as the runner
@@ -149,8 +161,8 @@ def load_test_subset(record: dict):
         load_split(data["source"], data["split"], size, n=data["n_test"])
 
 
-def _cache_key(record: dict) -> str:
-    text = json.dumps([CHECK_VERSION, record], sort_keys=True, separators=(",", ":"))
+def _cache_key(record: dict, model_content: str) -> str:
+    text = json.dumps([CHECK_VERSION, record, model_content], sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()
 
 
