@@ -57,14 +57,16 @@ def main() -> None:
             f"first {args.n}, warm": measure(args.data, args.split, args.n, True, cold_a),
         }
     fingerprints = {r[3] for r in rows.values()}
-    print(f"{args.data} [{args.split}], {next(iter(rows.values()))[4]} images; one fingerprint: {len(fingerprints) == 1}")
+    size = next(iter(rows.values()))[4]
+    print(f"{args.data} [{args.split}], {size} images; one fingerprint: {len(fingerprints) == 1}")
     print(f"{'variant':<22} {'seconds':>8} {'peak RSS MiB':>13} {'held MiB':>9}")
     for name, (seconds, peak, held, _, _) in rows.items():
         print(f"{name:<22} {seconds:8.2f} {peak:13.1f} {held:9.2f}")
     for temp in ("cold", "warm"):
         whole, first = rows[f"whole split, {temp}"], rows[f"first {args.n}, {temp}"]
-        print(f"{temp}: first {args.n} takes {first[0] / whole[0]:.3f}x the time, {first[1] / max(whole[1], 1e-9):.3f}x "
-              "the peak RSS growth of the whole split")
+        time_ratio, rss_ratio = first[0] / whole[0], first[1] / max(whole[1], 1e-9)
+        print(f"{temp}: first {args.n} takes {time_ratio:.3f}x the time, {rss_ratio:.3f}x the peak RSS growth "
+              "of the whole split")
 
 
 if __name__ == "__main__":

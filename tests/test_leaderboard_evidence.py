@@ -13,7 +13,7 @@ import pytest
 from robust_hub.errors import RobustHubError
 from robust_hub.evaluation.evidence import VerifyReport
 from robust_hub.leaderboard.render import build_site
-from robust_hub.leaderboard.requests import RequestQueue, request_id
+from robust_hub.leaderboard.requests import request_id
 from robust_hub.leaderboard.results import result_path
 from robust_hub.leaderboard.reverify import EvidenceChecker, store_evidence
 from robust_hub.leaderboard.runner import EvalSettings, run_queue
@@ -170,7 +170,8 @@ def test_a_verification_that_cannot_run_never_stops_the_build_and_is_not_cached(
     file_result(store, record("org/b", "2" * 40))
     rows = build_board_rows(store, tmp_path, FakeVerifier(raises=error))
     assert rows["org/a"].evidence.state == "unchecked" and rows["org/a"].rank == 1
-    assert rows["org/a"].evidence.text() == f"not re-verified: {'' if isinstance(error, RobustHubError) else 'ValueError: '}{error}"
+    prefix = "" if isinstance(error, RobustHubError) else "ValueError: "
+    assert rows["org/a"].evidence.text() == f"not re-verified: {prefix}{error}"
     assert rows["org/b"].evidence.text() == "no evidence"
     assert not list((tmp_path / "cache").glob("*.json"))
     retried = FakeVerifier()
