@@ -279,3 +279,45 @@ def test_bad_evidence_files_give_one_error_line(copy, capsys, damage):
     assert cli(["verify", str(path), "--device", "cpu"]) == 2
     out, err = capsys.readouterr()
     assert err.count("\n") == 1 and err.startswith("error: ") and expected in err, err
+
+
+# ----------------------------------------------------------------------------------------- the Hub
+def test_push_uploads_the_evidence_and_verify_checks_the_hub_repo(evaluated, hub, capsys):
+    from robust_hub.hub_push import push_to_hub
+
+    root, record, _ = evaluated
+    push_to_hub(str(root / "model"), "org/evident", results=[str(root / "out")])
+    files = hub.files_at("org/evident")
+    ev = record["evidence"]
+    for entry in [ev["classifier"], *ev["metrics"].values()]:
+        assert files[entry["path"]] == (root / "out" / entry["path"]).read_bytes()
+    card = files["README.md"].decode()
+    assert "[`evidence/`](evidence/) (`robust-hub verify org/evident`" in card
+    assert "prove robust accuracy is at most the number shown, and only stronger attacks\ncan show it is lower." in card
+    capsys.readouterr()
+    assert cli(["verify", "org/evident", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert f"org/evident/eval_records/" in out and f"record {record['metrics']['pgd20_acc']:.4f}  bound" in out
+    assert "verified: 1 record(s) agree" in out
+
+
+def test_push_refuses_evidence_that_is_not_what_the_record_names(evaluated, hub, tmp_path):
+    from robust_hub.hub_push import push_to_hub
+
+    root, record, _ = evaluated
+    shutil.copytree(root / "out", tmp_path / "out")
+    (tmp_path / "out" / record["evidence"]["metrics"]["pgd20"]["path"]).write_bytes(b"changed")
+    with pytest.raises(robust_hub.errors.RobustHubError, match="not what the record names"):
+        push_to_hub(str(root / "model"), "org/refused", results=[str(tmp_path / "out")])
+    assert ("model", "org/refused") not in hub.repos or not any(f.startswith("evidence/") for f in hub.files_at("org/refused"))
+
+
+def test_verify_runs_on_real_cifar10_images(cifar10_dir, evaluated, tmp_path):
+    root, _, _ = evaluated
+    (record,) = evaluate_with_evidence(root / "model", tmp_path / "out", dataset=str(cifar10_dir), n_train=128,
+                                       n_test=16, eps_curve=())
+    (path,) = (tmp_path / "out").glob("*.json")
+    report = _verify(path, record)
+    assert report.ok, report.problems
+    assert record["evidence"]["metrics"]["pgd20"]["examples"] > 0 and report.checked["pgd20"]["n"] == 16
+    assert report.checked["pgd20"]["bound"] == record["metrics"]["pgd20_acc"]

@@ -111,7 +111,13 @@ def _hub_checks(repo_id: str, revision: str | None) -> Iterator[Check]:
                              f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
 
     def fetch(relative: str) -> Path:
-        return Path(hf_hub_download(repo_id, relative, revision=sha))
+        """The blob itself: the Hub cache links each snapshot file to its blob, which only the cache wrote."""
+        from huggingface_hub import constants
+
+        blob = Path(hf_hub_download(repo_id, relative, revision=sha)).resolve()
+        if not blob.is_relative_to(Path(constants.HF_HUB_CACHE).resolve()):
+            raise RobustHubError(f"{relative}: the Hub cache points outside itself ({blob})")
+        return blob
 
     for name, entry in entries:
         if not isinstance(entry, dict) or not isinstance(entry.get("record"), dict) or not isinstance(entry.get("model_commit"), str):
