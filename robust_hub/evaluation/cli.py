@@ -7,7 +7,7 @@ import argparse
 from robust_hub.cli import OneLineParser, run_with_errors
 from robust_hub.config import parse_fraction
 from robust_hub.errors import RobustHubError
-from robust_hub.evaluation.evidence import DEFAULT_MAX_BYTES
+from robust_hub.evaluation.records import DEFAULT_MAX_BYTES
 from robust_hub.evaluation.presets import PRESETS
 
 

@@ -34,10 +34,8 @@ import torch
 from robust_hub.errors import RobustHubError
 from robust_hub.io import _default_mode, read_marker, refuse_link, owned_subdirectory, write_marker
 
-EVIDENCE_DIR = "evidence"
-# A full CIFAR-10 evaluation (PGD-20 and AutoAttack on 10,000 images) stores at most 2 x 10,000 x 12,296 bytes
-# (every image broken): 246 MB. The default bound fits that worst case.
-DEFAULT_MAX_BYTES = 256 * 2**20
+from robust_hub.evaluation.records import DEFAULT_MAX_BYTES, EVIDENCE_DIR, EVIDENCE_PATH, EvalRecord
+
 MAX_HEADER_BYTES = 1 << 20  # a safetensors header we parse (a ResNet-50 classifier's is ~30 KB)
 EPS_TOLERANCE = 1e-5  # float32 rounding of x + delta; a perturbation 1/255 too large is 400 times this
 ROBUST_METRICS = {"pgd20": "pgd20_acc", "autoattack": "autoattack_acc"}
@@ -266,8 +264,6 @@ def _expect(tensors: dict, want: dict[str, tuple[torch.dtype, tuple | None]], na
 
 
 def _fetched(fetch: Callable[[str], Path], entry: dict) -> Path:
-    from robust_hub.evaluation.records import EVIDENCE_PATH
-
     if not isinstance(entry.get("path"), str) or EVIDENCE_PATH.fullmatch(entry["path"]) is None:
         raise RobustHubError(f"evidence path {entry.get('path')!r} is not evidence/<sha256>.safetensors")
     try:
@@ -288,8 +284,6 @@ def verify_record(record: dict, fetch: Callable[[str], Path], *, device="cpu", m
     A record, model or test set that cannot be checked at all raises :class:`RobustHubError`; a bad evidence
     file or any disagreement is a problem in the report.
     """
-    from robust_hub.evaluation.records import EvalRecord
-
     rec = EvalRecord.from_dict(record)
     evidence = record.get("evidence") or {}
     if not evidence:

@@ -131,6 +131,10 @@ def _validate_metrics(m: Any, metric_set: list[str], flags: list[str]) -> None:
         _check(isinstance(curve, dict) and all(isinstance(v, dict) for v in curve.values()), "metrics.eps_curve malformed")
 
 
+EVIDENCE_DIR = "evidence"
+# A full CIFAR-10 evaluation (PGD-20 and AutoAttack on 10,000 images) stores at most 2 x 10,000 x 12,296 bytes
+# of examples (every image broken): 246 MB. The default bound on a record's examples fits that worst case.
+DEFAULT_MAX_BYTES = 256 * 2**20
 EVIDENCE_PATH = re.compile(r"evidence/[0-9a-f]{64}\.safetensors")
 
 

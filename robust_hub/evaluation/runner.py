@@ -30,14 +30,14 @@ from robust_hub.evaluation.validate import RESULTS_KIND, STATE_DIR, resolve_devi
 from robust_hub.io import owned_subdirectory, read_marker, write_bytes_atomic, write_marker
 from robust_hub.evaluation.verdict import Measurement, decide, measure_gradients
 from robust_hub.evaluation.corruption_release import official_corruptions, release_for
-from robust_hub.evaluation.evidence import DEFAULT_MAX_BYTES, claimed, gather, write_evidence
+from robust_hub.evaluation.evidence import claimed, gather, write_evidence
 from robust_hub.evaluation.corruptions import SEVERITIES, corruption_summary, generate_corruption_set, load_cifar10c
 from robust_hub.evaluation.loading import EvalBackbone, load_backbone
 from robust_hub.evaluation.presets import UNIFORM, check_preset, preset_settings
 from robust_hub.evaluation.protocols import (ALL_PROTOCOLS, PROTOCOLS, Classifier, ProtocolConfig, default_protocol_config, finetune,
                                              with_overrides)
-from robust_hub.evaluation.records import (METRIC_NAMES, SCHEMA_VERSION, DatasetSection, EvalRecord, ModelSection,
-                                           ProtocolSection, ThreatSection, find_record, record_filename, record_key,
+from robust_hub.evaluation.records import (DEFAULT_MAX_BYTES, METRIC_NAMES, SCHEMA_VERSION, DatasetSection, EvalRecord,
+                                           ModelSection, ProtocolSection, ThreatSection, find_record, record_filename, record_key,
                                            write_record)
 
 DATASET_ALIASES = {
