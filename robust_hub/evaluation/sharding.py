@@ -40,9 +40,8 @@ def _group() -> bool:
     """Join the launcher's process group on first use; False for a single process."""
     if world_size() == 1:
         return False
-    if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend=backend, timeout=WAIT_TIMEOUT)
+    if not dist.is_initialized():  # gloo on GPUs too: only small CPU results and barriers go over it
+        dist.init_process_group(backend="gloo", timeout=WAIT_TIMEOUT)
     return True
 
 
