@@ -82,8 +82,9 @@ def barrier() -> None:
 
 
 def main_first(load: Callable[[], T]) -> T:
-    """``load()`` on the main process, then on the others: a download or cache fill happens once."""
-    if is_main_process():
+    """``load()`` on the first process of each machine, then on the others: a download or cache fill happens once
+    per machine."""
+    if int(os.environ.get("LOCAL_RANK", "0")) == 0:
         value = load()
         barrier()
         return value
