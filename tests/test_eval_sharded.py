@@ -126,3 +126,13 @@ def test_the_leaderboard_runner_evaluates_over_two_processes_and_keeps_its_lease
                         metrics="clean,pgd20", out_dir=tmp_path / "alone", progress=False, print_table=False, **options)
     for section in ("metrics", "dataset", "protocol", "threat", "seeds"):
         assert sharded[section] == alone[section], section
+
+
+def test_a_process_count_below_one_is_one_error_line(tmp_path, capsys):
+    from robust_hub.cli import main
+
+    LocalStore(tmp_path / "store")
+    args = ["leaderboard", "run", "--store", str(tmp_path / "store"), "--site", str(tmp_path / "site")]
+    assert main([*args, "--num-processes", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "error: --num-processes must be at least 1 (got 0)"
+    assert not (tmp_path / "site").exists()
