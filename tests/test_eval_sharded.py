@@ -136,3 +136,19 @@ def test_a_process_count_below_one_is_one_error_line(tmp_path, capsys):
     assert main([*args, "--num-processes", "0"]) == 2
     assert capsys.readouterr().err.strip() == "error: --num-processes must be at least 1 (got 0)"
     assert not (tmp_path / "site").exists()
+
+
+def test_the_eval_script_under_two_processes_prints_once_and_writes_one_record(tmp_path):
+    model_dir, out = tmp_path / "model", tmp_path / "out"
+    torch.manual_seed(0)
+    robust_hub.create_backbone("robust_resnet_tiny").save_pretrained(model_dir)
+    command = [*accelerate_command(2), str(TESTS.parent / "eval_suite" / "evaluate.py"), str(model_dir), "--protocols",
+               "slf", "--dataset", "embedded:digits", "--n-train", "48", "--n-test", "8", "--epochs", "1", "--metrics",
+               "clean,pgd20", "--batch-size", "4", "--device", "cpu", "--out", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(TESTS.parent), "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("1 record(s) in") == 1 and done.stdout.count("PGD-20") == 1  # the table, once
+    # one bar each, the main process's: finetuning (it alone finetunes) and its one of the two PGD batches
+    assert done.stderr.count("slf finetune:   0%") == 1 and done.stderr.count("PGD-20 eps=0.03137:   0%|          | 0/1") == 1
+    assert len(list(out.glob("*.json"))) == 1 and record_of(out)["hardware"]["processes"] == 2
