@@ -137,6 +137,7 @@ def run_postprocess_command(args: argparse.Namespace) -> int:
 
 def _commands() -> dict[str, tuple[str, Callable, Callable]]:
     from robust_hub.evaluation.cli import add_eval_arguments, run_eval_command
+    from robust_hub.evaluation.verify import add_verify_arguments, run_verify_command
     from robust_hub.leaderboard.cli import (add_leaderboard_arguments, add_submit_arguments, run_leaderboard_command,
                                             run_submit_command)
 
@@ -151,6 +152,8 @@ def _commands() -> dict[str, tuple[str, Callable, Callable]]:
         "push": ("upload a saved backbone to the Hugging Face Hub", add_push_arguments, run_push_command),
         "eval": ("evaluate any backbone: SLF/ALF/AFF, clean, PGD-20, AutoAttack, CIFAR-10-C",
                  add_eval_arguments, run_eval_command),
+        "verify": ("re-check evaluation records against their evidence (a record, an eval --out directory or a "
+                   "Hub repo org/name)", add_verify_arguments, run_verify_command),
         "card": ("put the evaluation results of a model's weights into its model card",
                  add_card_arguments, run_card_command),
         "submit": ("submit a Hub model or a model directory to the leaderboard (a PENDING request pinned to a "

@@ -106,9 +106,10 @@ def _push(api, model_dir: Path, repo_id: str, config: dict, revision: str | None
     """One commit with the weights and the card; two when local results must be pinned to the weights' commit."""
     from huggingface_hub import CommitOperationAdd
 
-    from robust_hub.publishing import card_operations, collect_results
+    from robust_hub.publishing import card_operations, collect_results, local_evidence
 
     local, leaderboard, refused = collect_results(model_dir, repo_id, results, key)
+    evidence = local_evidence(results, local)  # checked before anything is uploaded
     for path, reason in refused.items():
         print(f"warning: not published: {path}: {reason}", file=sys.stderr)
     files = [CommitOperationAdd(str(p.relative_to(model_dir)), str(p)) for p in files_to_upload(model_dir)]
@@ -117,7 +118,7 @@ def _push(api, model_dir: Path, repo_id: str, config: dict, revision: str | None
         head = api.create_commit(repo_id, operations=files, revision=revision, parent_commit=head,
                                  commit_message=message).oid
         files, message = [], "Model card and evaluation results (robust-hub)"
-    card = card_operations(api, repo_id, model_dir, config, head, local, leaderboard)
+    card = card_operations(api, repo_id, model_dir, config, head, local, leaderboard, evidence)
     return api.create_commit(repo_id, operations=files + card, revision=revision, parent_commit=head,
                              commit_message=message).oid
 

@@ -263,6 +263,7 @@ def render(inputs: CardInputs) -> str:
         dataset=values["data_source"], results=results_table(inputs), training_plots=inputs.training_plots,
         result_plots=inputs.result_plots, published=any(p.model_commit for p in inputs.results),
         evaluated=bool(inputs.results), weights_sha=inputs.weights_sha,
+        evidence=any(p.model_commit and p.record.get("evidence") for p in inputs.results),
         versions=", ".join(f"{k} {v}" for k, v in versions.items()) or "not recorded")
     return str(text)
 

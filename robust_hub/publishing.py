@@ -83,6 +83,28 @@ def collect_results(model_dir: Path, repo_id: str, sources: list[str],
     return local, leaderboard, refused
 
 
+def local_evidence(sources: list[str], local: list[dict]) -> dict[str, Path]:
+    """The evidence files of the ``local`` records (path in the record -> file in its eval directory), each checked
+    against the sha256 its record names: a push uploads them beside the records, at the same relative paths."""
+    from robust_hub.evaluation.records import EVIDENCE_DIR
+
+    files: dict[str, Path] = {}
+    for source in (s for s in sources if not is_store(s)):
+        here = [r.to_dict() for r in load_records(source)]
+        for record in (r for r in here if r in local):
+            ev = record.get("evidence") or {}
+            for entry in [ev.get("classifier"), *(ev.get("metrics") or {}).values()]:
+                if not entry or "omitted" in entry:
+                    continue
+                path = Path(source) / entry["path"]
+                if (Path(source) / EVIDENCE_DIR).is_symlink() or path.is_symlink() or not path.is_file() \
+                        or sha256_file(path) != entry["sha256"]:
+                    raise RobustHubError(f"{path}: the evidence of a record in {source} is missing, a link, or not "
+                                         "what the record names; rerun that evaluation (`robust-hub verify` checks it)")
+                files[entry["path"]] = path
+    return files
+
+
 # ------------------------------------------------------------------------------------------- plots
 def _png(draw) -> bytes:
     import matplotlib
@@ -164,8 +186,9 @@ def _published(entry: dict) -> Published:
 
 
 def card_operations(api, repo_id: str, model_dir: Path, config: dict, head: str, local: list[dict],
-                    leaderboard: list[dict]) -> list:
-    """README.md, plots, records and .eval_results for a commit on top of ``head`` (local results pinned to it)."""
+                    leaderboard: list[dict], evidence: dict[str, Path] | None = None) -> list:
+    """README.md, plots, records and .eval_results for a commit on top of ``head`` (local results pinned to it),
+    and the records' ``evidence`` files at the paths the records name."""
     from huggingface_hub import CommitOperationAdd
 
     new = [published_entry(r, head, "robust-hub eval (the pusher's run)") for r in local] + leaderboard
@@ -183,6 +206,7 @@ def card_operations(api, repo_id: str, model_dir: Path, config: dict, head: str,
                         repo_id=repo_id, endpoint=api.endpoint)
     ops = [CommitOperationAdd("README.md", render(inputs).encode())]
     ops += [CommitOperationAdd(f"{PLOTS_DIR}/{name}", data) for name, data in sorted(images.items())]
+    ops += [CommitOperationAdd(name, str(path)) for name, path in sorted((evidence or {}).items())]
     for name, entry in sorted(entries.items()):
         ops.append(CommitOperationAdd(f"{RECORDS_DIR}/{name}.json", json.dumps(entry, indent=2, sort_keys=True).encode()))
         ops.append(CommitOperationAdd(f"{EVAL_RESULTS_DIR}/robust-hub_{name}.yaml",

@@ -7,6 +7,7 @@ import argparse
 from robust_hub.cli import OneLineParser, run_with_errors
 from robust_hub.config import parse_fraction
 from robust_hub.errors import RobustHubError
+from robust_hub.evaluation.records import DEFAULT_MAX_BYTES
 from robust_hub.evaluation.presets import PRESETS
 
 
@@ -60,6 +61,10 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--autoattack-chunk-size", type=int, default=1000, help="images per resumable AutoAttack chunk")
     p.add_argument("--batch-size", type=int, default=256, help="evaluation batch size")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    p.add_argument("--evidence-max-bytes", type=int, default=DEFAULT_MAX_BYTES, metavar="BYTES",
+                   help="keep at most this many bytes of adversarial examples per record as evidence (default "
+                        f"{DEFAULT_MAX_BYTES}, enough for a full CIFAR-10 evaluation); metrics beyond it are "
+                        "named in the record as omitted")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.add_argument("--overwrite", action="store_true", help="write records into an --out that robust-hub did not "
                    "create (nothing in it is deleted)")
@@ -90,7 +95,7 @@ def run_eval_command(args: argparse.Namespace) -> int:
         c10c_generate=args.c10c_generate, c10c_n_per_severity=args.c10c_n_per_severity,
         autoattack_version=args.autoattack_version, autoattack_chunk_size=args.autoattack_chunk_size,
         batch_size=args.batch_size, device=args.device, progress=not args.no_progress, overwrite=args.overwrite,
-        preset=args.preset,
+        preset=args.preset, evidence_max_bytes=args.evidence_max_bytes,
     )
     return 0
 

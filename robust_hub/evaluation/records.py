@@ -11,7 +11,7 @@ import hashlib
 import json
 import math
 import re
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -131,6 +131,29 @@ def _validate_metrics(m: Any, metric_set: list[str], flags: list[str]) -> None:
         _check(isinstance(curve, dict) and all(isinstance(v, dict) for v in curve.values()), "metrics.eps_curve malformed")
 
 
+EVIDENCE_DIR = "evidence"
+# A full CIFAR-10 evaluation (PGD-20 and AutoAttack on 10,000 images) stores at most 2 x 10,000 x 12,296 bytes
+# of examples (every image broken): 246 MB. The default bound on a record's examples fits that worst case.
+DEFAULT_MAX_BYTES = 256 * 2**20
+EVIDENCE_PATH = re.compile(r"evidence/[0-9a-f]{64}\.safetensors")
+
+
+def _validate_evidence(ev: Any) -> None:
+    """Only the shape of the section; evidence.verify_record checks what the files hold."""
+    _check(isinstance(ev, dict), "evidence must be an object")
+    if not ev:
+        return
+    _check(isinstance(ev.get("metrics"), dict) and isinstance(ev.get("max_bytes"), int)
+           and all(isinstance(e, dict) for e in ev["metrics"].values()), "evidence must have metrics and max_bytes")
+    files = [ev.get("classifier")] + [e for e in ev["metrics"].values() if "omitted" not in e]
+    for entry in files:
+        _check(isinstance(entry, dict) and isinstance(entry.get("path"), str)
+               and EVIDENCE_PATH.fullmatch(entry["path"]) is not None
+               and entry["path"] == f"evidence/{entry.get('sha256')}.safetensors"
+               and isinstance(entry.get("bytes"), int) and entry["bytes"] > 0,
+               "evidence files must be evidence/<sha256>.safetensors with their sha256 and size")
+
+
 @dataclass(frozen=True)
 class EvalRecord:
     """One evaluation result; ``validate`` enforces schema version 1."""
@@ -148,6 +171,7 @@ class EvalRecord:
     wall_time_s: dict
     flags: list
     created_at: str
+    evidence: dict = field(default_factory=dict)  # see evaluation/evidence.py; absent in records made before it
 
     def validate(self) -> "EvalRecord":
         _check(self.schema_version == SCHEMA_VERSION, f"schema_version must be {SCHEMA_VERSION!r}")
@@ -165,6 +189,7 @@ class EvalRecord:
                                                            for v in self.wall_time_s.values()),
                "wall_time_s must map parts to non-negative seconds")
         _check(isinstance(self.created_at, str) and self.created_at != "", "created_at must be a timestamp")
+        _validate_evidence(self.evidence)
         return self
 
     @property
@@ -173,13 +198,16 @@ class EvalRecord:
                           self.threat.norm, self.threat.eps)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if not d["evidence"]:  # a record without evidence reads exactly as before the field existed
+            del d["evidence"]
+        return d
 
     @classmethod
     def from_dict(cls, d: Any) -> "EvalRecord":
         _check(isinstance(d, dict), "a record must be a JSON object")
         names = {f.name for f in fields(cls)}
-        _check(set(d) == names, f"fields must be exactly {sorted(names)} (got {sorted(d)})")
+        _check(names - {"evidence"} <= set(d) <= names, f"fields must be exactly {sorted(names)} (got {sorted(d)})")
         sections = {"model": ModelSection, "protocol": ProtocolSection, "dataset": DatasetSection, "threat": ThreatSection}
         kw = dict(d)
         for name, typ in sections.items():

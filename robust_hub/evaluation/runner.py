@@ -30,13 +30,14 @@ from robust_hub.evaluation.validate import RESULTS_KIND, STATE_DIR, resolve_devi
 from robust_hub.io import owned_subdirectory, read_marker, write_bytes_atomic, write_marker
 from robust_hub.evaluation.verdict import Measurement, decide, measure_gradients
 from robust_hub.evaluation.corruption_release import official_corruptions, release_for
+from robust_hub.evaluation.evidence import claimed, gather, write_evidence
 from robust_hub.evaluation.corruptions import SEVERITIES, corruption_summary, generate_corruption_set, load_cifar10c
 from robust_hub.evaluation.loading import EvalBackbone, load_backbone
 from robust_hub.evaluation.presets import UNIFORM, check_preset, preset_settings
 from robust_hub.evaluation.protocols import (ALL_PROTOCOLS, PROTOCOLS, Classifier, ProtocolConfig, default_protocol_config, finetune,
                                              with_overrides)
-from robust_hub.evaluation.records import (METRIC_NAMES, SCHEMA_VERSION, DatasetSection, EvalRecord, ModelSection,
-                                           ProtocolSection, ThreatSection, find_record, record_filename, record_key,
+from robust_hub.evaluation.records import (DEFAULT_MAX_BYTES, METRIC_NAMES, SCHEMA_VERSION, DatasetSection, EvalRecord,
+                                           ModelSection, ProtocolSection, ThreatSection, find_record, record_filename, record_key,
                                            write_record)
 
 DATASET_ALIASES = {
@@ -221,6 +222,7 @@ class EvalOptions:
     attack_masked_models: bool = False
     preset: str = UNIFORM
     c10c_official: str | None = None  # cifar10 / cifar100: the official release, fetched and verified on first use
+    evidence_max_bytes: int = DEFAULT_MAX_BYTES  # adversarial examples kept per record (evaluation/evidence.py)
 
 
 def _parse_metrics(metrics: Sequence[str] | str | None, c10c: bool) -> tuple[str, ...]:
@@ -301,6 +303,7 @@ def evaluate(
     attack_masked_models: bool = False,
     overwrite: bool = False,
     preset: str = UNIFORM,
+    evidence_max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> list[dict]:
     """Evaluate ``model`` under each protocol on ``dataset``; returns the records (as dicts).
 
@@ -314,6 +317,8 @@ def evaluate(
     ``protocol_overrides`` maps ``KEY`` or ``PROTOCOL.KEY`` (e.g. ``"slf.epochs"``,
     ``"train_attack.steps"``) to values; they apply on top of ``preset`` (``uniform``, or the benchmark's
     per-method settings ``benchmark:<method>``). Records already in ``out_dir`` are reused, not recomputed.
+    Each record's adversarial examples (and the head a verifier needs) go to ``out_dir/evidence``, at most
+    ``evidence_max_bytes`` of examples per record (see :mod:`robust_hub.evaluation.evidence`).
     """
     t_start = time.perf_counter()
     validate_eval_arguments(out_dir=out_dir, n_train=n_train, n_test=n_test, n_autoattack=n_autoattack,
@@ -329,7 +334,9 @@ def evaluate(
                        None if c10c_dir is None else str(c10c_dir), bool(c10c_generate), c10c_n_per_severity,
                        autoattack_version, autoattack_chunk_size, batch_size,
                        sharding.process_device(_resolve_device(device)), progress and sharding.is_main_process(),
-                       attack_masked_models, check_preset(preset))
+                       attack_masked_models, check_preset(preset), evidence_max_bytes=evidence_max_bytes)
+    if isinstance(evidence_max_bytes, bool) or not isinstance(evidence_max_bytes, int) or evidence_max_bytes < 0:
+        raise RobustHubError(f"--evidence-max-bytes must be a non-negative integer, got {evidence_max_bytes!r}")
     if opts.eps < 0 or any(e < 0 for e in opts.eps_curve):
         raise RobustHubError("eps must be non-negative")
     if opts.norm == "linf" and max([opts.eps, *opts.eps_curve]) > 1:
@@ -393,7 +400,8 @@ def _evaluate_protocol(backbone: EvalBackbone, cfg: ProtocolConfig, train: Split
     stem = Path(record_filename(key)).stem + "_" + _settings_hash(settings, dataset.train_fingerprint, seeds)
     walls: dict[str, float] = {"load": load_time}
     classifier, walls["finetune"] = _finetuned(backbone, cfg, train, num_classes, opts, state_dir / f"{stem}.classifier.safetensors")
-    metrics, flags = _measure(classifier, test, opts, state_dir, stem, walls)
+    measured: dict[str, Measurement] = {}
+    metrics, flags = _measure(classifier, test, opts, state_dir, stem, walls, measured)
     walls["total"] = sum(walls.values())
     record = EvalRecord(
         schema_version=SCHEMA_VERSION,
@@ -411,9 +419,10 @@ def _evaluate_protocol(backbone: EvalBackbone, cfg: ProtocolConfig, train: Split
         created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )
     record = json.loads(json.dumps(record.to_dict()))  # normalise tuples etc. exactly as stored
+    if sharding.is_main_process():  # one record and its evidence, written once
+        record["evidence"] = _evidence(out, key, cfg, opts, classifier, measured, record)
+        write_record(EvalRecord.from_dict(record), out)
     record = EvalRecord.from_dict(record)
-    if sharding.is_main_process():  # one record, written once
-        write_record(record, out)
     sharding.barrier()
     return record
 
@@ -426,6 +435,14 @@ def _eval_settings(opts: EvalOptions) -> dict:
             "units": {"batch": opts.batch_size, "autoattack_chunk": opts.autoattack_chunk_size,
                       "seeding": sharding.UNIT_SEEDING},
             **({"c10c_official": opts.c10c_official} if opts.c10c_official else {})}
+
+
+def _evidence(out: Path, key: tuple, cfg: ProtocolConfig, opts: EvalOptions, classifier: Classifier,
+              measured: dict[str, Measurement], record: dict) -> dict:
+    """The examples behind each published robust number, written beside the record (the record's section)."""
+    sets = gather(measured, record["metrics"])
+    claims = {name: claimed(record, name)[1:] for name in sets}
+    return write_evidence(out, key, cfg.name, opts.norm, classifier, sets, claims, opts.evidence_max_bytes)
 
 
 def _finetuned(backbone, cfg, train, num_classes, opts, ckpt: Path) -> tuple[Classifier, float]:
@@ -451,9 +468,10 @@ def _finetuned(backbone, cfg, train, num_classes, opts, ckpt: Path) -> tuple[Cla
 
 
 def _measure(classifier: Classifier, test: SplitData, opts: EvalOptions, state_dir: Path, stem: str,
-             walls: dict) -> tuple[dict, list[str]]:
-    """Each metric measured on its own (value + flags); :func:`verdict.decide` publishes or withholds."""
-    measured: dict[str, Measurement] = {}
+             walls: dict, measured: dict[str, Measurement] | None = None) -> tuple[dict, list[str]]:
+    """Each metric measured on its own (value + flags); :func:`verdict.decide` publishes or withholds.
+    ``measured`` (filled in) keeps each measurement's detail, e.g. the adversarial examples for the evidence."""
+    measured = {} if measured is None else measured
     dev, bs = opts.device, opts.batch_size
     t0 = time.perf_counter()
     probe = test.head(256)
