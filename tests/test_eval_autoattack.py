@@ -24,7 +24,7 @@ def test_matches_a_direct_pyautoattack_call_with_the_same_seed(task, tmp_path):
     model, x, y = task
     eps = 27 / 255  # partly robust: some points fall, some survive every attack
     ours = run_autoattack(model, x, y, eps=eps, seed=3, batch_size=16, chunk_size=16,
-                          state_path=tmp_path / "aa.json", progress=False)
+                          state_dir=tmp_path / "aa", progress=False)
     direct = AutoAttack(model, norm="Linf", eps=eps, version="standard", seed=3)
     _, y_adv = direct.run_standard_evaluation(x, y, batch_size=16)
     expected = (y_adv == y).float().mean().item()
@@ -55,31 +55,36 @@ def test_huge_eps_drives_accuracy_to_chance(task):
 
 def test_resume_skips_finished_chunks(task, tmp_path, monkeypatch):
     model, x, y = task
-    state = tmp_path / "state.json"
-    first = run_autoattack(model, x, y, eps=1.0, seed=0, chunk_size=4, state_path=state, progress=False)
-    saved = json.loads(state.read_text())
-    assert sorted(saved["chunks"]) == ["0", "4"]
+    state = tmp_path / "state"
+    first = run_autoattack(model, x, y, eps=1.0, seed=0, chunk_size=4, state_dir=state, progress=False)
+    assert sorted(p.name for p in state.iterdir()) == ["chunk-000000000.safetensors", "chunk-000000004.safetensors"]
+    assert first.adversarial.indices.tolist() == [i for i in range(8) if first.clean[i] and not first.robust[i]]
     # drop one chunk as if the run had stopped there; only that chunk may run again
-    del saved["chunks"]["4"]
-    state.write_text(json.dumps(saved))
+    (state / "chunk-000000004.safetensors").unlink()
     calls = []
     real = aar._attack_chunk
     monkeypatch.setattr(aar, "_attack_chunk", lambda m, xc, yc, **kw: calls.append(len(xc)) or real(m, xc, yc, **kw))
-    again = run_autoattack(model, x, y, eps=1.0, seed=0, chunk_size=4, state_path=state, progress=False)
+    again = run_autoattack(model, x, y, eps=1.0, seed=0, chunk_size=4, state_dir=state, progress=False)
     assert calls == [4]
     assert again.robust == first.robust
-    assert not list(tmp_path.glob("*.tmp"))
+    assert torch.equal(again.adversarial.indices, first.adversarial.indices)
+    assert torch.equal(again.adversarial.images, first.adversarial.images)
+    assert not [p for p in state.iterdir() if not p.name.startswith("chunk-")]
 
 
-def test_state_file_of_another_run_is_refused(task, tmp_path):
+def test_state_of_another_run_or_damaged_or_old_is_refused(task, tmp_path):
     model, x, y = task
-    state = tmp_path / "state.json"
-    run_autoattack(model, x[:4], y[:4], eps=1.0, seed=0, state_path=state, progress=False)
+    state = tmp_path / "state"
+    run_autoattack(model, x[:4], y[:4], eps=1.0, seed=0, state_dir=state, progress=False)
     with pytest.raises(RobustHubError, match="different"):
-        run_autoattack(model, x[:4], y[:4], eps=0.5, seed=0, state_path=state, progress=False)
-    state.write_text("{not json")
-    with pytest.raises(RobustHubError):
-        run_autoattack(model, x[:4], y[:4], eps=1.0, seed=0, state_path=state, progress=False)
+        run_autoattack(model, x[:4], y[:4], eps=0.5, seed=0, state_dir=state, progress=False)
+    (state / "chunk-000000000.safetensors").write_bytes(b"{not safetensors")
+    with pytest.raises(RobustHubError, match="chunk-000000000.safetensors is not a readable"):
+        run_autoattack(model, x[:4], y[:4], eps=1.0, seed=0, state_dir=state, progress=False)
+    old = tmp_path / "old.autoattack.json"
+    old.write_text(json.dumps({"schema": "robust-hub-autoattack-state/1", "chunks": {}}))
+    with pytest.raises(RobustHubError, match="older robust-hub.*delete it"):
+        run_autoattack(model, x[:4], y[:4], eps=1.0, seed=0, state_dir=old, progress=False)
 
 
 def test_masked_gradients_are_flagged_and_untrusted():

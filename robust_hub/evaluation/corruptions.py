@@ -197,6 +197,11 @@ def corruption_accuracy(
     blocks = [(n, s) for n in cset.images for s in SEVERITIES]
     for name, s in tqdm(blocks, desc="CIFAR-10-C", disable=not progress, leave=False):
         per.setdefault(name, {})[str(s)] = clean_accuracy(model, cset.images[name][s], cset.labels, batch_size, device)
+    return corruption_summary(per, cset)
+
+
+def corruption_summary(per: dict[str, dict[str, float]], cset: CorruptionSet) -> dict:
+    """The record's corruption result from the accuracies per corruption and severity (``per[name][str(sev)]``)."""
     by_sev = {str(s): float(np.mean([per[n][str(s)] for n in per])) for s in SEVERITIES}
     return {"per_corruption": per, "mean_per_severity": by_sev, "mean": float(np.mean(list(by_sev.values()))),
             "generated": cset.generated, "source": cset.source, "n_per_severity": len(cset.labels)}

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Hashable, Sequence
 
 import torch
 from torch import nn
@@ -23,13 +23,14 @@ from tqdm.auto import tqdm
 from robust_hub.errors import RobustHubError
 from robust_hub.provenance import hardware, library_versions
 from robust_hub.evaluation.attacks import PGDConfig, margin_input_gradient_norms, parse_norm, pgd
-from robust_hub.evaluation.autoattack_runner import MASKED_GRADIENT_THRESHOLD, run_autoattack
+from robust_hub.evaluation import sharding
+from robust_hub.evaluation.autoattack_runner import MASKED_GRADIENT_THRESHOLD, merge_examples, run_autoattack
+from robust_hub.evaluation.evidence import AdversarialSet, claimed, gather, write_evidence
 from robust_hub.evaluation.validate import RESULTS_KIND, STATE_DIR, resolve_device, validate_eval_arguments
 from robust_hub.io import owned_subdirectory, read_marker, write_bytes_atomic, write_marker
 from robust_hub.evaluation.verdict import Measurement, decide, measure_gradients
 from robust_hub.evaluation.corruption_release import official_corruptions, release_for
-from robust_hub.evaluation.evidence import claimed, gather, write_evidence
-from robust_hub.evaluation.corruptions import clean_accuracy, corruption_accuracy, generate_corruption_set, load_cifar10c
+from robust_hub.evaluation.corruptions import SEVERITIES, corruption_summary, generate_corruption_set, load_cifar10c
 from robust_hub.evaluation.loading import EvalBackbone, load_backbone
 from robust_hub.evaluation.presets import UNIFORM, check_preset, preset_settings
 from robust_hub.evaluation.protocols import (ALL_PROTOCOLS, PROTOCOLS, Classifier, ProtocolConfig, default_protocol_config, finetune,
@@ -110,33 +111,72 @@ def load_split(dataset: str, split: str, image_size: int | None = None) -> Split
 
 
 def _hardware(device: torch.device) -> dict:
-    hw = {**hardware(), "device": str(device)}
+    hw = {**hardware(), "device": str(device), "processes": sharding.world_size()}
     if device.type == "cuda":
         hw["gpu"] = torch.cuda.get_device_name(device)
     return hw
 
 
-@torch.no_grad()
+def _sharded(units: Sequence[Hashable], work: Callable[[Any], Any], desc: str, progress: bool) -> list:
+    """``work(unit)`` for every unit, the units dealt among the processes; the results in ``units``' order, on
+    every process."""
+    done = {u: work(u) for u in tqdm(sharding.mine(units), desc=desc, leave=False,
+                                     disable=not progress or not sharding.is_main_process())}
+    done = sharding.gather(done)
+    return [done[u] for u in units]
+
+
+def _batch(images: torch.Tensor, labels: torch.Tensor, start: int, size: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    x = images[start:start + size].float().div(255).to(device, non_blocking=True)
+    return x, labels[start:start + size].to(device, non_blocking=True)
+
+
+def clean_correct(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, batch_size: int = 256,
+                  device="cpu", progress: bool = False, desc: str = "clean") -> list[bool]:
+    """Per uint8 image: classified correctly (batches shared among the processes of a launcher)."""
+    model.eval()
+
+    @torch.no_grad()
+    def unit(start: int) -> torch.Tensor:
+        x, y = _batch(images, labels, start, batch_size, device)
+        return (model(x).argmax(1) == y).cpu()
+
+    parts = _sharded(range(0, len(images), batch_size), unit, desc, progress)
+    return torch.cat(parts).tolist() if parts else []
+
+
 def accuracy(model: nn.Module, data: SplitData, *, batch_size: int = 256, device="cpu") -> float:
     """Clean top-1 accuracy of ``model`` ([0,1] images -> logits) on ``data``."""
+    correct = clean_correct(model, data.images, data.labels, batch_size=batch_size, device=device)
+    return sum(correct) / len(correct)
+
+
+def pgd_results(model: nn.Module, data: SplitData, attack: PGDConfig, *, seed: int = 0, batch_size: int = 256,
+                device="cpu", progress: bool = True) -> tuple[list[bool], AdversarialSet]:
+    """Per image: still classified correctly under ``attack``; and the examples that broke a correctly classified
+    image. Each batch seeds its random start from (seed, its first index): the same whichever process runs it."""
     model.eval()
-    return clean_accuracy(model, data.images, data.labels, batch_size, device)
+
+    def unit(start: int) -> tuple[torch.Tensor, AdversarialSet]:
+        x, y = _batch(data.images, data.labels, start, batch_size, device)
+        torch.manual_seed(sharding.unit_seed(seed, start))
+        x_adv = pgd(model, x, y, attack)
+        with torch.no_grad():
+            clean, robust = model(x).argmax(1) == y, model(x_adv).argmax(1) == y
+        broken = (clean & ~robust).cpu()
+        return robust.cpu(), AdversarialSet(start + broken.nonzero().flatten(), x_adv.cpu().float()[broken])
+
+    parts = _sharded(range(0, len(data.images), batch_size), unit, f"PGD-{attack.steps} eps={attack.eps:.4g}",
+                     progress)
+    if not parts:
+        return [], AdversarialSet.empty(tuple(data.images.shape[1:]))
+    return torch.cat([p[0] for p in parts]).tolist(), merge_examples([p[1] for p in parts])
 
 
 def pgd_correct(model: nn.Module, data: SplitData, attack: PGDConfig, *, seed: int = 0, batch_size: int = 256,
                 device="cpu", progress: bool = True) -> list[bool]:
-    """Per image: still classified correctly under ``attack`` (seeded)."""
-    model.eval()
-    torch.manual_seed(seed)
-    correct: list[torch.Tensor] = []  # kept on the device until the end: no host round trip per batch
-    batches = range(0, len(data.images), batch_size)
-    for i in tqdm(batches, desc=f"PGD-{attack.steps} eps={attack.eps:.4g}", disable=not progress, leave=False):
-        x = data.images[i:i + batch_size].float().div(255).to(device, non_blocking=True)
-        y = data.labels[i:i + batch_size].to(device, non_blocking=True)
-        x_adv = pgd(model, x, y, attack)
-        with torch.no_grad():
-            correct.append(model(x_adv).argmax(1) == y)
-    return torch.cat(correct).tolist() if correct else []
+    """Per image: still classified correctly under ``attack`` (seeded per batch, see :func:`pgd_results`)."""
+    return pgd_results(model, data, attack, seed=seed, batch_size=batch_size, device=device, progress=progress)[0]
 
 
 def pgd_accuracy(model: nn.Module, data: SplitData, attack: PGDConfig, *, seed: int = 0, batch_size: int = 256,
@@ -291,7 +331,8 @@ def evaluate(
     opts = EvalOptions(_parse_metrics(metrics, c10c_dir is not None or c10c_generate), parse_norm(norm), float(eps),
                        int(seed), n_train, n_test, n_autoattack, tuple(float(e) for e in eps_curve), eps_curve_attack,
                        None if c10c_dir is None else str(c10c_dir), bool(c10c_generate), c10c_n_per_severity,
-                       autoattack_version, autoattack_chunk_size, batch_size, _resolve_device(device), progress,
+                       autoattack_version, autoattack_chunk_size, batch_size,
+                       sharding.process_device(_resolve_device(device)), progress and sharding.is_main_process(),
                        attack_masked_models, check_preset(preset), evidence_max_bytes=evidence_max_bytes)
     if isinstance(evidence_max_bytes, bool) or not isinstance(evidence_max_bytes, int) or evidence_max_bytes < 0:
         raise RobustHubError(f"--evidence-max-bytes must be a non-negative integer, got {evidence_max_bytes!r}")
@@ -305,13 +346,15 @@ def evaluate(
     configs = _protocol_configs(names, dataset_name, opts, protocol_overrides)  # checked before any work
 
     t0 = time.perf_counter()
-    backbone = load_backbone(model, revision=revision, allow_pickle=allow_pickle)
+    # the main process downloads and caches first; the others then read its cache
+    backbone = sharding.main_first(lambda: load_backbone(model, revision=revision, allow_pickle=allow_pickle))
     if name is not None:  # the records name the model as given (a leaderboard's ORG/NAME), not by its path
         backbone.info = dataclasses.replace(backbone.info, id=name)
     image_size = dataset_image_size(dataset_name, backbone)
     configs = _protocol_configs(names, dataset_name, opts, protocol_overrides, image_size)
     if isinstance(dataset, str):
-        train, test = load_split(dataset, train_split, image_size), load_split(dataset, test_split, image_size)
+        train, test = sharding.main_first(lambda: (load_split(dataset, train_split, image_size),
+                                                   load_split(dataset, test_split, image_size)))
     else:
         train, test = SplitData.from_dataset(dataset[0], train_split), SplitData.from_dataset(dataset[1], test_split)
     train, test = train.head(opts.n_train), test.head(opts.n_test)
@@ -320,11 +363,11 @@ def evaluate(
 
     out = Path(out_dir)
     records = []
-    for cfg in tqdm(configs, desc="protocols", disable=not progress):
+    for cfg in tqdm(configs, desc="protocols", disable=not opts.progress):
         records.append(_evaluate_protocol(backbone, cfg, train, test, num_classes, opts, out, load_time).to_dict())
-    if print_table:
+    if print_table and sharding.is_main_process():
         print(format_table(records))
-    if progress:
+    if opts.progress:
         print(f"{len(records)} record(s) in {out} ({time.perf_counter() - t_start:.1f} s)")
     return records
 
@@ -349,8 +392,9 @@ def _evaluate_protocol(backbone: EvalBackbone, cfg: ProtocolConfig, train: Split
                                  "metrics made with other settings; use another --out or delete that file")
         return existing
 
-    if read_marker(out) is None:  # robust-hub owns this directory from its first file on
+    if sharding.is_main_process() and read_marker(out) is None:  # robust-hub owns this directory from its first file on
         write_marker(out, RESULTS_KIND, files=[STATE_DIR])
+    sharding.barrier()
     state_dir = owned_subdirectory(out, STATE_DIR)
     stem = Path(record_filename(key)).stem + "_" + _settings_hash(settings, dataset.train_fingerprint, seeds)
     walls: dict[str, float] = {"load": load_time}
@@ -374,9 +418,12 @@ def _evaluate_protocol(backbone: EvalBackbone, cfg: ProtocolConfig, train: Split
         created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )
     record = json.loads(json.dumps(record.to_dict()))  # normalise tuples etc. exactly as stored
-    record["evidence"] = _evidence(out, key, cfg, opts, classifier, measured, record)
+    if sharding.is_main_process():  # one record and its evidence, written once
+        record["evidence"] = _evidence(out, key, cfg, opts, classifier, measured, record)
     record = EvalRecord.from_dict(record)
-    write_record(record, out)
+    if sharding.is_main_process():
+        write_record(record, out)
+    sharding.barrier()
     return record
 
 
@@ -385,6 +432,8 @@ def _eval_settings(opts: EvalOptions) -> dict:
             "n_autoattack": opts.n_autoattack, "eps_curve": list(opts.eps_curve), "eps_curve_attack": opts.eps_curve_attack,
             "c10c_dir": opts.c10c_dir, "c10c_generate": opts.c10c_generate,
             "c10c_n_per_severity": opts.c10c_n_per_severity, "attack_masked_models": opts.attack_masked_models,
+            "units": {"batch": opts.batch_size, "autoattack_chunk": opts.autoattack_chunk_size,
+                      "seeding": sharding.UNIT_SEEDING},
             **({"c10c_official": opts.c10c_official} if opts.c10c_official else {})}
 
 
@@ -399,18 +448,23 @@ def _evidence(out: Path, key: tuple, cfg: ProtocolConfig, opts: EvalOptions, cla
 def _finetuned(backbone, cfg, train, num_classes, opts, ckpt: Path) -> tuple[Classifier, float]:
     from safetensors.torch import load_file, save
 
+    # Finetuning runs on the main process alone and the others load its classifier: DDP would change the computation
+    # (BatchNorm statistics per process, reduction order), so the classifier, and every number measured on it, would
+    # depend on the process count. The other processes wait in a barrier (sharding.WAIT_TIMEOUT).
     t0 = time.perf_counter()
-    if ckpt.exists():
-        classifier = Classifier(copy.deepcopy(backbone), backbone.num_features, num_classes)
-        try:
-            classifier.load_state_dict(load_file(str(ckpt)))
-        except Exception as exc:  # safetensors and load_state_dict raise several types for a bad file
-            raise RobustHubError(f"cannot resume from {ckpt} ({exc}); delete it to finetune again") from exc
-        return classifier.to(opts.device).eval(), 0.0
-    classifier = finetune(backbone, backbone.num_features, train.images, train.labels, num_classes, cfg,
-                          seed=opts.seed, device=opts.device, progress=opts.progress)
-    write_bytes_atomic(ckpt, save({k: v.detach().cpu().contiguous() for k, v in classifier.state_dict().items()}))
-    return classifier, time.perf_counter() - t0
+    if sharding.is_main_process() and not ckpt.exists():
+        classifier = finetune(backbone, backbone.num_features, train.images, train.labels, num_classes, cfg,
+                              seed=opts.seed, device=opts.device, progress=opts.progress)
+        write_bytes_atomic(ckpt, save({k: v.detach().cpu().contiguous() for k, v in classifier.state_dict().items()}))
+        sharding.barrier()
+        return classifier, time.perf_counter() - t0
+    sharding.barrier()
+    classifier = Classifier(copy.deepcopy(backbone), backbone.num_features, num_classes)
+    try:
+        classifier.load_state_dict(load_file(str(ckpt)))
+    except Exception as exc:  # safetensors and load_state_dict raise several types for a bad file
+        raise RobustHubError(f"cannot resume from {ckpt} ({exc}); delete it to finetune again") from exc
+    return classifier.to(opts.device).eval(), 0.0
 
 
 def _measure(classifier: Classifier, test: SplitData, opts: EvalOptions, state_dir: Path, stem: str,
@@ -423,18 +477,20 @@ def _measure(classifier: Classifier, test: SplitData, opts: EvalOptions, state_d
     probe = test.head(256)
     measured["gradients"] = measure_gradients(classifier, probe.images.float().div(255).to(dev), probe.labels.to(dev))
     if "clean" in opts.metrics:
-        measured["clean"] = Measurement(accuracy(classifier, test, batch_size=bs, device=dev))
+        correct = clean_correct(classifier, test.images, test.labels, batch_size=bs, device=dev)
+        measured["clean"] = Measurement(sum(correct) / len(correct), [], {"correct": correct})
     walls["clean"] = time.perf_counter() - t0
     # with no margin gradient, no gradient attack can be trusted: skip them unless asked to run them anyway
     skip_attacks = "masked_gradients" in measured["gradients"].flags and not opts.attack_masked_models
+    skip_attacks = sharding.same_everywhere(skip_attacks)  # every process takes the same branch
     if skip_attacks:
         measured.update({m: Measurement(None) for m in ("pgd20", "autoattack") if m in opts.metrics})
     else:
         _measure_attacks(classifier, test, opts, state_dir, stem, walls, measured)
     if "c10c" in opts.metrics:
         t0 = time.perf_counter()
-        c10c = _c10c(classifier, test, opts)
-        measured["c10c"] = Measurement(c10c, ["generated_corruptions"] if c10c["generated"] else [])
+        c10c, correct = _c10c(classifier, test, opts)
+        measured["c10c"] = Measurement(c10c, ["generated_corruptions"] if c10c["generated"] else [], {"correct": correct})
         walls["c10c"] = time.perf_counter() - t0
     return decide(measured, eps_curve_attack=opts.eps_curve_attack, autoattack_version=opts.autoattack_version)
 
@@ -445,39 +501,42 @@ def _measure_attacks(classifier: Classifier, test: SplitData, opts: EvalOptions,
     if "pgd20" in opts.metrics:
         t0 = time.perf_counter()
         attack = PGDConfig(eps=opts.eps, alpha=opts.eps / 4, steps=20, norm=opts.norm, random_start=True)
-        correct = pgd_correct(classifier, test, attack, seed=opts.seed, batch_size=bs, device=dev,
-                              progress=opts.progress)
-        measured["pgd20"] = Measurement(sum(correct) / len(correct), [], {"correct": correct})
+        correct, adversarial = pgd_results(classifier, test, attack, seed=opts.seed, batch_size=bs, device=dev,
+                                           progress=opts.progress)
+        measured["pgd20"] = Measurement(sum(correct) / len(correct), [], {"correct": correct, "adversarial": adversarial})
         walls["pgd20"] = time.perf_counter() - t0
     aa_data = test.head(opts.n_autoattack)
     if "autoattack" in opts.metrics:
         t0 = time.perf_counter()
-        res = _autoattack(classifier, aa_data, opts, opts.eps, state_dir / f"{stem}.autoattack.json")
+        res = _autoattack(classifier, aa_data, opts, opts.eps, state_dir, f"{stem}.autoattack")
         subset = ["autoattack_subset"] if len(aa_data.images) < len(test.images) else []
-        measured["autoattack"] = Measurement(res.robust_acc, res.flags + subset, {"n": res.n, "messages": res.messages})
+        measured["autoattack"] = Measurement(res.robust_acc, res.flags + subset, {
+            "n": res.n, "messages": res.messages, "robust": res.robust, "adversarial": res.adversarial})
         walls["autoattack"] = time.perf_counter() - t0
     if opts.eps_curve:
         t0 = time.perf_counter()
-        curve, flags = {}, []
+        curve, flags, examples, robust = {}, [], {}, {}
         for e in opts.eps_curve:
+            key = f"{e:.8g}"
             if opts.eps_curve_attack == "pgd20":
                 cfg = PGDConfig(eps=e, alpha=e / 4, steps=20, norm=opts.norm, random_start=True)
-                curve[f"{e:.8g}"] = pgd_accuracy(classifier, test, cfg, seed=opts.seed, batch_size=bs, device=dev,
-                                                 progress=opts.progress)
+                robust[key], examples[key] = pgd_results(classifier, test, cfg, seed=opts.seed, batch_size=bs,
+                                                         device=dev, progress=opts.progress)
             else:
-                res = _autoattack(classifier, aa_data, opts, e, state_dir / f"{stem}.autoattack-eps{e:.6g}.json")
-                curve[f"{e:.8g}"] = res.robust_acc
+                res = _autoattack(classifier, aa_data, opts, e, state_dir, f"{stem}.autoattack-eps{e:.6g}")
+                robust[key], examples[key] = res.robust, res.adversarial
                 flags += res.flags
-        measured["eps_curve"] = Measurement({opts.eps_curve_attack: curve}, flags)
+            curve[key] = sum(robust[key]) / len(robust[key])
+        measured["eps_curve"] = Measurement({opts.eps_curve_attack: curve}, flags,
+                                            {"adversarial_curve": examples, "robust_curve": robust})
         walls["eps_curve"] = time.perf_counter() - t0
 
 
-def _autoattack(classifier, data: SplitData, opts: EvalOptions, eps: float, state_path: Path):
-    state_path.parent.mkdir(parents=True, exist_ok=True)
+def _autoattack(classifier, data: SplitData, opts: EvalOptions, eps: float, state_dir: Path, name: str):
     return run_autoattack(classifier, data.images.float().div(255), data.labels, eps=eps, norm=opts.norm,
                           seed=opts.seed, version=opts.autoattack_version, batch_size=opts.batch_size,
-                          chunk_size=opts.autoattack_chunk_size, state_path=state_path, device=opts.device,
-                          progress=opts.progress)
+                          chunk_size=opts.autoattack_chunk_size, state_dir=owned_subdirectory(state_dir, name),
+                          device=opts.device, progress=opts.progress)
 
 
 def _official_corruption_key(dataset) -> str:
@@ -488,17 +547,33 @@ def _official_corruption_key(dataset) -> str:
     return key
 
 
-def _c10c(classifier, test: SplitData, opts: EvalOptions) -> dict:
+def _c10c(classifier, test: SplitData, opts: EvalOptions) -> tuple[dict, dict]:
+    """The corruption accuracies, and per corruption and severity which images were classified correctly; the
+    batches of every corruption and severity are shared among the processes."""
     if opts.c10c_generate:
         keep = slice(None, opts.c10c_n_per_severity)  # the first N test images, as for the official files
         cset = generate_corruption_set(test.images[keep], test.labels[keep], seed=opts.seed,
                                        source=f"generated from {test.source}:{test.split}")
     else:
-        root = opts.c10c_dir or official_corruptions(opts.c10c_official, progress=opts.progress)
+        root = opts.c10c_dir or sharding.main_first(
+            lambda: official_corruptions(opts.c10c_official, progress=opts.progress))  # one download
         cset = load_cifar10c(root, n_per_severity=opts.c10c_n_per_severity)
         if int(cset.labels.max()) >= classifier.head.out_features:
             raise RobustHubError(f"{root} has labels beyond the {classifier.head.out_features} classes of {test.source}")
-    return corruption_accuracy(classifier, cset, batch_size=opts.batch_size, device=opts.device, progress=opts.progress)
+    classifier.eval()
+    bs, n = opts.batch_size, len(cset.labels)
+    units = [(name, sev, start) for name in cset.images for sev in SEVERITIES for start in range(0, n, bs)]
+
+    @torch.no_grad()
+    def unit(u: tuple[str, int, int]) -> torch.Tensor:
+        x, y = _batch(cset.images[u[0]][u[1]], cset.labels, u[2], bs, opts.device)
+        return (classifier(x).argmax(1) == y).cpu()
+
+    done = dict(zip(units, _sharded(units, unit, "CIFAR-10-C", opts.progress)))
+    correct = {name: {str(sev): torch.cat([done[(name, sev, s)] for s in range(0, n, bs)]).tolist()
+                      for sev in SEVERITIES} for name in cset.images}
+    per = {name: {sev: sum(c) / len(c) for sev, c in by_sev.items()} for name, by_sev in correct.items()}
+    return corruption_summary(per, cset), correct
 
 
 # ----------------------------------------------------------------------------------------- table
