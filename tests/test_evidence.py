@@ -298,4 +298,29 @@ def test_verify_runs_on_real_cifar10_images(cifar10_dir, evaluated, tmp_path):
     report = _verify(path, record)
     assert report.ok, report.problems
     assert record["evidence"]["metrics"]["pgd20"]["examples"] > 0 and report.checked["pgd20"]["n"] == 16
-    assert report.checked["pgd20"]["bound"] == record["metrics"]["pgd20_acc"]
+    assert report.checked["pgd20"]["bound"] == pytest.approx(record["metrics"]["pgd20_acc"])
+
+
+def test_autoattack_and_its_eps_curve_verify_on_the_images_it_attacked(tmp_path):
+    from test_eval_helpers import TinyBackbone, synthetic_split
+
+    from robust_hub.evaluation.loading import wrap_module
+
+    test = synthetic_split(10, "test", 1)
+    (record,) = runner.evaluate(TinyBackbone(), protocols="slf", dataset=(synthetic_split(48, "train", 0), test),
+                                out_dir=tmp_path, metrics="clean,autoattack", eps=6 / 255, eps_curve=(3 / 255,),
+                                eps_curve_attack="autoattack", n_autoattack=6, autoattack_chunk_size=3,
+                                protocol_overrides={"epochs": 8, "batch_size": 16, "augment": False, "lr": 0.5},
+                                progress=False, print_table=False, device="cpu")
+    (path,) = tmp_path.glob("*.json")
+    report = _verify(path, record, model_loader=lambda r: wrap_module(TinyBackbone()),
+                     dataset_loader=lambda r: runner.SplitData.from_dataset(test, "test"))
+    assert report.ok, report.problems
+    point = f"eps_curve/autoattack/{3 / 255:.8g}"
+    assert set(report.checked) == {"clean", "autoattack", point}
+    assert report.checked["autoattack"]["n"] == report.checked[point]["n"] == 6  # AutoAttack's subset, not 10
+    assert report.checked["autoattack"]["bound"] == pytest.approx(record["metrics"]["autoattack_acc"])
+    assert report.checked["autoattack"]["examples"] > 0
+    # the in-memory module cannot be reloaded by itself: one clear error, not a guess
+    with pytest.raises(robust_hub.errors.RobustHubError, match="in-memory module"):
+        _verify(path, record)
