@@ -25,12 +25,11 @@ from robust_hub.provenance import hardware, library_versions
 from robust_hub.evaluation.attacks import PGDConfig, margin_input_gradient_norms, parse_norm, pgd
 from robust_hub.evaluation import sharding
 from robust_hub.evaluation.autoattack_runner import MASKED_GRADIENT_THRESHOLD, merge_examples, run_autoattack
-from robust_hub.evaluation.evidence import AdversarialSet
+from robust_hub.evaluation.evidence import AdversarialSet, claimed, gather, write_evidence
 from robust_hub.evaluation.validate import RESULTS_KIND, STATE_DIR, resolve_device, validate_eval_arguments
 from robust_hub.io import owned_subdirectory, read_marker, write_bytes_atomic, write_marker
 from robust_hub.evaluation.verdict import Measurement, decide, measure_gradients
 from robust_hub.evaluation.corruption_release import official_corruptions, release_for
-from robust_hub.evaluation.evidence import claimed, gather, write_evidence
 from robust_hub.evaluation.corruptions import SEVERITIES, corruption_summary, generate_corruption_set, load_cifar10c
 from robust_hub.evaluation.loading import EvalBackbone, load_backbone
 from robust_hub.evaluation.presets import UNIFORM, check_preset, preset_settings
@@ -421,8 +420,9 @@ def _evaluate_protocol(backbone: EvalBackbone, cfg: ProtocolConfig, train: Split
     record = json.loads(json.dumps(record.to_dict()))  # normalise tuples etc. exactly as stored
     if sharding.is_main_process():  # one record and its evidence, written once
         record["evidence"] = _evidence(out, key, cfg, opts, classifier, measured, record)
-        write_record(EvalRecord.from_dict(record), out)
     record = EvalRecord.from_dict(record)
+    if sharding.is_main_process():
+        write_record(record, out)
     sharding.barrier()
     return record
 
