@@ -157,5 +157,6 @@ def test_the_eval_script_under_two_processes_prints_once_and_writes_one_record(t
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("1 record(s) in") == 1 and done.stdout.count("PGD-20") == 1  # the table, once
     # one bar each, the main process's: finetuning (it alone finetunes) and its one of the two PGD batches
-    assert done.stderr.count("slf finetune:   0%") == 1 and done.stderr.count("PGD-20 eps=0.03137:   0%|          | 0/1") == 1
+    assert done.stderr.count("slf finetune:   0%") == 1
+    assert done.stderr.count("PGD-20 eps=0.03137:   0%|          | 0/1") == 1
     assert len(list(out.glob("*.json"))) == 1 and record_of(out)["hardware"]["processes"] == 2
