@@ -11,6 +11,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -160,3 +161,12 @@ def test_the_eval_script_under_two_processes_prints_once_and_writes_one_record(t
     assert done.stderr.count("slf finetune:   0%") == 1
     assert done.stderr.count("PGD-20 eps=0.03137:   0%|          | 0/1") == 1
     assert len(list(out.glob("*.json"))) == 1 and record_of(out)["hardware"]["processes"] == 2
+
+
+def test_a_launched_evaluation_hands_back_its_error_as_what_it_is(tmp_path):
+    from robust_hub.errors import RobustHubError
+    from robust_hub.evaluation.launch import evaluate_launched
+
+    with pytest.raises(RobustHubError, match="absent does not exist"):
+        evaluate_launched(f"local-dir:{tmp_path / 'absent'}", 2, out_dir=tmp_path / "out", protocols="slf",
+                          dataset="embedded:digits", n_test=8, device="cpu", progress=False)
