@@ -119,10 +119,10 @@ def _hardware(device: torch.device) -> dict:
 
 def _sharded(units: Sequence[Hashable], work: Callable[[Any], Any], desc: str, progress: bool) -> list:
     """``work(unit)`` for every unit, the units dealt among the processes; the results in ``units``' order, on
-    every process."""
+    every process. A tensor result may stay on the device until all units ran: read back once, not per unit."""
     done = {u: work(u) for u in tqdm(sharding.mine(units), desc=desc, leave=False,
                                      disable=not progress or not sharding.is_main_process())}
-    done = sharding.gather(done)
+    done = sharding.gather({u: r.cpu() if isinstance(r, torch.Tensor) else r for u, r in done.items()})
     return [done[u] for u in units]
 
 
@@ -140,7 +140,7 @@ def clean_correct(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, 
     @torch.no_grad()
     def unit(start: int) -> torch.Tensor:
         x, y = _batch(images, labels, start, batch_size, device)
-        return (model(x).argmax(1) == y).cpu()
+        return model(x).argmax(1) == y
 
     parts = _sharded(range(0, len(images), batch_size), unit, desc, progress)
     return torch.cat(parts).tolist() if parts else []
@@ -570,7 +570,7 @@ def _c10c(classifier, test: SplitData, opts: EvalOptions) -> tuple[dict, dict]:
     @torch.no_grad()
     def unit(u: tuple[str, int, int]) -> torch.Tensor:
         x, y = _batch(cset.images[u[0]][u[1]], cset.labels, u[2], bs, opts.device)
-        return (classifier(x).argmax(1) == y).cpu()
+        return classifier(x).argmax(1) == y
 
     done = dict(zip(units, _sharded(units, unit, "CIFAR-10-C", opts.progress)))
     correct = {name: {str(sev): torch.cat([done[(name, sev, s)] for s in range(0, n, bs)]).tolist()
