@@ -9,13 +9,18 @@ import os
 import subprocess
 import sys
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
+from sharded_eval_child import DATA, OPTIONS
+from test_eval_helpers import TinyBackbone
 
 import robust_hub
+import robust_hub.evaluation.autoattack_runner as aar
+import robust_hub.evaluation.runner as runner
 from robust_hub.evaluation.launch import accelerate_command
 from robust_hub.evaluation.runner import evaluate
 from robust_hub.leaderboard.runner import EvalSettings, run_queue, submit_local
@@ -59,10 +64,12 @@ def comparable(record: dict) -> dict:
     return {k: v for k, v in record.items() if k not in VOLATILE}
 
 
-def test_two_processes_give_the_per_image_results_and_record_of_one(tmp_path):
+def test_two_processes_give_the_per_image_results_and_record_of_one(tmp_path, monkeypatch):
     one, two = tmp_path / "one", tmp_path / "two"
-    launch(1, one)
-    launch(2, two, env={"COUNT_FILE": str(tmp_path / "count")})
+    with ThreadPoolExecutor(2) as pool:  # side by side: each waits on its own child
+        runs = [pool.submit(launch, 1, one), pool.submit(launch, 2, two, env={"COUNT_FILE": str(tmp_path / "count")})]
+        for run in runs:
+            run.result()
     a, b = load_file(f"{one}.measured.safetensors"), load_file(f"{two}.measured.safetensors")
     assert sorted(a) == sorted(b)
     assert {k.split(".")[0] for k in a} == {"clean", "pgd20", "autoattack", "eps_curve", "c10c"}
@@ -89,8 +96,10 @@ def test_two_processes_give_the_per_image_results_and_record_of_one(tmp_path):
     assert "seed" in rec_two["protocol"]["settings"]["eval"]["units"]["seeding"]
 
     # the 2-process record is reused as it is by a 1-process run on the same --out (same key, same settings)
-    launch(1, two, env={"COUNT_FILE": str(tmp_path / "count-again")})
-    assert record_of(two) == rec_two and not (tmp_path / "count-again").exists()
+    for module, name in ((runner, "pgd"), (aar, "_attack_chunk"), (runner, "finetune")):
+        monkeypatch.setattr(module, name, lambda *a, **k: pytest.fail("computed again"))
+    (again,) = runner.evaluate(TinyBackbone(), dataset=DATA, out_dir=two, **OPTIONS)
+    assert again == rec_two
 
 
 def test_a_killed_sharded_autoattack_resumes_under_another_process_count(tmp_path):
