@@ -21,6 +21,7 @@ from test_eval_helpers import TinyBackbone
 import robust_hub
 import robust_hub.evaluation.autoattack_runner as aar
 import robust_hub.evaluation.runner as runner
+from robust_hub.errors import RobustHubError
 from robust_hub.evaluation.launch import accelerate_command
 from robust_hub.evaluation.runner import evaluate
 from robust_hub.leaderboard.runner import EvalSettings, run_queue, submit_local
@@ -173,9 +174,20 @@ def test_the_eval_script_under_two_processes_prints_once_and_writes_one_record(t
 
 
 def test_a_launched_evaluation_hands_back_its_error_as_what_it_is(tmp_path):
-    from robust_hub.errors import RobustHubError
     from robust_hub.evaluation.launch import evaluate_launched
 
     with pytest.raises(RobustHubError, match="absent does not exist"):
         evaluate_launched(f"local-dir:{tmp_path / 'absent'}", 2, out_dir=tmp_path / "out", protocols="slf",
                           dataset="embedded:digits", n_test=8, device="cpu", progress=False)
+
+
+def test_an_older_single_file_autoattack_state_is_refused_naming_it(tmp_path):
+    options = {**OPTIONS, "metrics": "autoattack", "n_autoattack": 2}
+    runner.evaluate(TinyBackbone(), dataset=DATA, out_dir=tmp_path, **options)  # the names this run uses
+    (record,) = tmp_path.glob("*.json")
+    record.unlink()
+    old = tmp_path / "state" / f"{record.stem}_0123456789abcdef.autoattack.json"  # an older settings hash
+    old.write_text(json.dumps({"schema": "robust-hub-autoattack-state/1", "chunks": {}}))
+    with pytest.raises(RobustHubError, match=f"{old.name} is an AutoAttack state of an older robust-hub.*delete it"):
+        runner.evaluate(TinyBackbone(), dataset=DATA, out_dir=tmp_path, **options)
+    assert not list(tmp_path.glob("*.json"))  # no record written

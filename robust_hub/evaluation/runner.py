@@ -24,7 +24,8 @@ from robust_hub.errors import RobustHubError
 from robust_hub.provenance import hardware, library_versions
 from robust_hub.evaluation.attacks import PGDConfig, margin_input_gradient_norms, parse_norm, pgd
 from robust_hub.evaluation import sharding
-from robust_hub.evaluation.autoattack_runner import MASKED_GRADIENT_THRESHOLD, merge_examples, run_autoattack
+from robust_hub.evaluation.autoattack_runner import (MASKED_GRADIENT_THRESHOLD, merge_examples, refuse_old_state,
+                                                     run_autoattack)
 from robust_hub.evaluation.evidence import AdversarialSet, claimed, gather, write_evidence
 from robust_hub.evaluation.validate import RESULTS_KIND, STATE_DIR, resolve_device, validate_eval_arguments
 from robust_hub.io import owned_subdirectory, read_marker, write_bytes_atomic, write_marker
@@ -536,6 +537,8 @@ def _measure_attacks(classifier: Classifier, test: SplitData, opts: EvalOptions,
 
 
 def _autoattack(classifier, data: SplitData, opts: EvalOptions, eps: float, state_dir: Path, name: str):
+    for old in sorted(state_dir.glob(name.rsplit("_", 1)[0] + "_*.autoattack*.json")):  # under any settings hash
+        refuse_old_state(old)
     return run_autoattack(classifier, data.images.float().div(255), data.labels, eps=eps, norm=opts.norm,
                           seed=opts.seed, version=opts.autoattack_version, batch_size=opts.batch_size,
                           chunk_size=opts.autoattack_chunk_size, state_dir=owned_subdirectory(state_dir, name),
