@@ -1,6 +1,7 @@
 """Evaluate any backbone: the same code as ``robust-hub eval``.
 
     python eval_suite/evaluate.py MODEL --protocols slf,alf,aff --dataset cifar10 --out results/
+    accelerate launch --multi_gpu --num_processes 8 eval_suite/evaluate.py MODEL ... --out results/   # 8 processes
 """
 
 import argparse

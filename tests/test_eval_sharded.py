@@ -9,12 +9,19 @@ import os
 import subprocess
 import sys
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
+from sharded_eval_child import DATA, OPTIONS
+from test_eval_helpers import TinyBackbone
 
 import robust_hub
+import robust_hub.evaluation.autoattack_runner as aar
+import robust_hub.evaluation.runner as runner
+from robust_hub.errors import RobustHubError
 from robust_hub.evaluation.launch import accelerate_command
 from robust_hub.evaluation.runner import evaluate
 from robust_hub.leaderboard.runner import EvalSettings, run_queue, submit_local
@@ -52,10 +59,18 @@ def record_of(out: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def test_two_processes_give_the_per_image_results_and_record_of_one(tmp_path):
+def comparable(record: dict) -> dict:
+    """``record`` without what may differ between equal evaluations: time and machine. The evidence section stays:
+    equal examples are equal files, so equal content addresses."""
+    return {k: v for k, v in record.items() if k not in VOLATILE}
+
+
+def test_two_processes_give_the_per_image_results_and_record_of_one(tmp_path, monkeypatch):
     one, two = tmp_path / "one", tmp_path / "two"
-    launch(1, one)
-    launch(2, two, env={"COUNT_FILE": str(tmp_path / "count")})
+    with ThreadPoolExecutor(2) as pool:  # side by side: each waits on its own child
+        runs = [pool.submit(launch, 1, one), pool.submit(launch, 2, two, env={"COUNT_FILE": str(tmp_path / "count")})]
+        for run in runs:
+            run.result()
     a, b = load_file(f"{one}.measured.safetensors"), load_file(f"{two}.measured.safetensors")
     assert sorted(a) == sorted(b)
     assert {k.split(".")[0] for k in a} == {"clean", "pgd20", "autoattack", "eps_curve", "c10c"}
@@ -76,12 +91,16 @@ def test_two_processes_give_the_per_image_results_and_record_of_one(tmp_path):
 
     rec_one, rec_two = record_of(one), record_of(two)
     assert (rec_one["hardware"]["processes"], rec_two["hardware"]["processes"]) == (1, 2)
-    assert {k: v for k, v in rec_one.items() if k not in VOLATILE} == {k: v for k, v in rec_two.items() if k not in VOLATILE}
+    assert comparable(rec_one) == comparable(rec_two)
+    assert rec_two["evidence"]["metrics"]["autoattack"]["sha256"]  # the same examples, written by the main process
+    assert len(list((two / "evidence").iterdir())) == len(list((one / "evidence").iterdir()))
     assert "seed" in rec_two["protocol"]["settings"]["eval"]["units"]["seeding"]
 
     # the 2-process record is reused as it is by a 1-process run on the same --out (same key, same settings)
-    launch(1, two, env={"COUNT_FILE": str(tmp_path / "count-again")})
-    assert record_of(two) == rec_two and not (tmp_path / "count-again").exists()
+    for module, name in ((runner, "pgd"), (aar, "_attack_chunk"), (runner, "finetune")):
+        monkeypatch.setattr(module, name, lambda *a, **k: pytest.fail("computed again"))
+    (again,) = runner.evaluate(TinyBackbone(), dataset=DATA, out_dir=two, **OPTIONS)
+    assert again == rec_two
 
 
 def test_a_killed_sharded_autoattack_resumes_under_another_process_count(tmp_path):
@@ -103,8 +122,7 @@ def test_a_killed_sharded_autoattack_resumes_under_another_process_count(tmp_pat
     assert a["autoattack.indices"].numel() > 0
     for key in a:
         assert torch.equal(a[key], b[key]), key
-    assert {k: v for k, v in record_of(out).items() if k not in VOLATILE} == \
-        {k: v for k, v in record_of(reference).items() if k not in VOLATILE}
+    assert comparable(record_of(out)) == comparable(record_of(reference))
 
 
 def test_the_leaderboard_runner_evaluates_over_two_processes_and_keeps_its_lease(tmp_path, one_torch_thread):
@@ -150,5 +168,26 @@ def test_the_eval_script_under_two_processes_prints_once_and_writes_one_record(t
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("1 record(s) in") == 1 and done.stdout.count("PGD-20") == 1  # the table, once
     # one bar each, the main process's: finetuning (it alone finetunes) and its one of the two PGD batches
-    assert done.stderr.count("slf finetune:   0%") == 1 and done.stderr.count("PGD-20 eps=0.03137:   0%|          | 0/1") == 1
+    assert done.stderr.count("slf finetune:   0%") == 1
+    assert done.stderr.count("PGD-20 eps=0.03137:   0%|          | 0/1") == 1
     assert len(list(out.glob("*.json"))) == 1 and record_of(out)["hardware"]["processes"] == 2
+
+
+def test_a_launched_evaluation_hands_back_its_error_as_what_it_is(tmp_path):
+    from robust_hub.evaluation.launch import evaluate_launched
+
+    with pytest.raises(RobustHubError, match="absent does not exist"):
+        evaluate_launched(f"local-dir:{tmp_path / 'absent'}", 2, out_dir=tmp_path / "out", protocols="slf",
+                          dataset="embedded:digits", n_test=8, device="cpu", progress=False)
+
+
+def test_an_older_single_file_autoattack_state_is_refused_naming_it(tmp_path):
+    options = {**OPTIONS, "metrics": "autoattack", "n_autoattack": 2}
+    runner.evaluate(TinyBackbone(), dataset=DATA, out_dir=tmp_path, **options)  # the names this run uses
+    (record,) = tmp_path.glob("*.json")
+    record.unlink()
+    old = tmp_path / "state" / f"{record.stem}_0123456789abcdef.autoattack.json"  # an older settings hash
+    old.write_text(json.dumps({"schema": "robust-hub-autoattack-state/1", "chunks": {}}))
+    with pytest.raises(RobustHubError, match=f"{old.name} is an AutoAttack state of an older robust-hub.*delete it"):
+        runner.evaluate(TinyBackbone(), dataset=DATA, out_dir=tmp_path, **options)
+    assert not list(tmp_path.glob("*.json"))  # no record written

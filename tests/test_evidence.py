@@ -13,11 +13,9 @@ from safetensors.torch import load_file, save, save_file
 import robust_hub
 import robust_hub.evaluation.runner as runner
 from robust_hub.cli import main as cli
-from robust_hub.evaluation.attacks import PGDConfig, pgd
-from robust_hub.evaluation.evidence import AdversarialSet, verify_record
+from robust_hub.evaluation.evidence import verify_record
 from robust_hub.evaluation.loading import load_backbone
 from robust_hub.evaluation.protocols import Classifier
-from robust_hub.evaluation.verdict import Measurement
 from robust_hub.evaluation.verify import local_fetch
 
 EPS = 8 / 255
@@ -25,30 +23,10 @@ CURVE = 2 / 255
 SETTINGS = {"epochs": 5, "batch_size": 32, "lr": 0.5, "augment": False}  # 28% clean: some images break, some not
 
 
-def attacks_handing_over_examples(classifier, test, opts, state_dir, stem, walls, measured):
-    """The attacks' side of the contract (evidence.py): PGD-20 at eps and at each curve point hands over the
-    examples that broke clean-correct images; an image counts as robust only if clean and attacked are right."""
-    def attack(eps):
-        x, y = test.images.float().div(255), test.labels
-        x_adv = pgd(classifier, x, y, PGDConfig(eps=eps, alpha=eps / 4, steps=20, norm=opts.norm))
-        with torch.no_grad():
-            clean_ok, adv_ok = classifier(x).argmax(1) == y, classifier(x_adv).argmax(1) == y
-        broken = (clean_ok & ~adv_ok).nonzero().flatten()
-        return (clean_ok & adv_ok).float().mean().item(), (clean_ok & adv_ok).tolist(), AdversarialSet(broken, x_adv[broken])
-
-    acc, correct, examples = attack(opts.eps)
-    measured["pgd20"] = Measurement(acc, [], {"correct": correct, "adversarial": examples})
-    curve = {f"{e:.8g}": attack(e) for e in opts.eps_curve}
-    measured["eps_curve"] = Measurement({"pgd20": {k: v[0] for k, v in curve.items()}}, [],
-                                        {"adversarial_curve": {k: v[2] for k, v in curve.items()}})
-
-
 def evaluate_with_evidence(model_dir, out, dataset="embedded:digits", protocols="slf", **kw):
     options = dict(metrics="clean,pgd20", eps=EPS, eps_curve=(CURVE,), n_train=256, n_test=32,
                    protocol_overrides=SETTINGS, progress=False, print_table=False, device="cpu")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(runner, "_measure_attacks", attacks_handing_over_examples)
-        return runner.evaluate(str(model_dir), protocols=protocols, dataset=dataset, out_dir=out, **{**options, **kw})
+    return runner.evaluate(str(model_dir), protocols=protocols, dataset=dataset, out_dir=out, **{**options, **kw})
 
 
 @pytest.fixture(scope="module")
@@ -297,7 +275,7 @@ def test_push_uploads_the_evidence_and_verify_checks_the_hub_repo(evaluated, hub
     capsys.readouterr()
     assert cli(["verify", "org/evident", "--device", "cpu"]) == 0
     out = capsys.readouterr().out
-    assert f"org/evident/eval_records/" in out and f"record {record['metrics']['pgd20_acc']:.4f}  bound" in out
+    assert "org/evident/eval_records/" in out and f"record {record['metrics']['pgd20_acc']:.4f}  bound" in out
     assert "verified: 1 record(s) agree" in out
 
 
@@ -320,4 +298,29 @@ def test_verify_runs_on_real_cifar10_images(cifar10_dir, evaluated, tmp_path):
     report = _verify(path, record)
     assert report.ok, report.problems
     assert record["evidence"]["metrics"]["pgd20"]["examples"] > 0 and report.checked["pgd20"]["n"] == 16
-    assert report.checked["pgd20"]["bound"] == record["metrics"]["pgd20_acc"]
+    assert report.checked["pgd20"]["bound"] == pytest.approx(record["metrics"]["pgd20_acc"])
+
+
+def test_autoattack_and_its_eps_curve_verify_on_the_images_it_attacked(tmp_path):
+    from test_eval_helpers import TinyBackbone, synthetic_split
+
+    from robust_hub.evaluation.loading import wrap_module
+
+    test = synthetic_split(10, "test", 1)
+    (record,) = runner.evaluate(TinyBackbone(), protocols="slf", dataset=(synthetic_split(48, "train", 0), test),
+                                out_dir=tmp_path, metrics="clean,autoattack", eps=6 / 255, eps_curve=(3 / 255,),
+                                eps_curve_attack="autoattack", n_autoattack=6, autoattack_chunk_size=3,
+                                protocol_overrides={"epochs": 8, "batch_size": 16, "augment": False, "lr": 0.5},
+                                progress=False, print_table=False, device="cpu")
+    (path,) = tmp_path.glob("*.json")
+    report = _verify(path, record, model_loader=lambda r: wrap_module(TinyBackbone()),
+                     dataset_loader=lambda r: runner.SplitData.from_dataset(test, "test"))
+    assert report.ok, report.problems
+    point = f"eps_curve/autoattack/{3 / 255:.8g}"
+    assert set(report.checked) == {"clean", "autoattack", point}
+    assert report.checked["autoattack"]["n"] == report.checked[point]["n"] == 6  # AutoAttack's subset, not 10
+    assert report.checked["autoattack"]["bound"] == pytest.approx(record["metrics"]["autoattack_acc"])
+    assert report.checked["autoattack"]["examples"] > 0
+    # the in-memory module cannot be reloaded by itself: one clear error, not a guess
+    with pytest.raises(robust_hub.errors.RobustHubError, match="in-memory module"):
+        _verify(path, record)

@@ -199,14 +199,19 @@ def run_autoattack(
     return _summarise([(s, chunks[s]) for s in starts])
 
 
+def refuse_old_state(path: Path) -> None:
+    """An older robust-hub's state (one JSON file for every chunk) holds no adversarial examples: it is not read."""
+    raise RobustHubError(f"{path} is an AutoAttack state of an older robust-hub (one file, no adversarial examples); "
+                         "delete it to attack again")
+
+
 class ChunkStore:
     """Finished chunks as ``chunk-<first image>.safetensors`` in one directory per attack: per-image flags and
     adversarial examples as tensors, the rest (key, warnings, counts) as JSON metadata. Never pickle."""
 
     def __init__(self, root: Path, key: dict) -> None:
         if root.is_file():
-            raise RobustHubError(f"{root} is an AutoAttack state of an older robust-hub (one JSON file); delete it "
-                                 "to attack again")
+            refuse_old_state(root)
         self.root, self.key = root, json.dumps(key, sort_keys=True)
 
     def path(self, start: int) -> Path:

@@ -128,8 +128,6 @@ def write_evidence(out: Path, record_key: tuple, protocol: str, norm: str, class
     ``claims`` maps each metric of ``sets`` to (eps, attack, images attacked). Examples beyond ``max_bytes``
     (all metrics together) are not written; the section says so for each metric left out.
     """
-    from safetensors.torch import save
-
     if not sets:
         return {}
     directory = _evidence_dir(out)
@@ -139,8 +137,7 @@ def write_evidence(out: Path, record_key: tuple, protocol: str, norm: str, class
     for name, adv in sets.items():
         eps, attack, n = claims[name]
         meta = {"metric": name, "attack": attack, "eps": repr(float(eps)), "norm": norm, "record": key_text}
-        data = save({"indices": adv.indices.to(torch.int64).contiguous(),
-                     "images": adv.images.to(torch.float32).cpu().contiguous()}, metadata=meta)
+        data = safetensors_bytes({"indices": adv.indices.to(torch.int64), "images": adv.images.to(torch.float32)}, meta)
         facts = {"examples": int(len(adv.indices)), "images": int(n), "attack": attack, "eps": float(eps)}
         if used + len(data) > max_bytes:
             section["metrics"][name] = {**facts, "omitted": f"{len(data)} bytes would pass the evidence bound of "
@@ -149,9 +146,26 @@ def write_evidence(out: Path, record_key: tuple, protocol: str, norm: str, class
         used += len(data)
         section["metrics"][name] = {**facts, **_write_content_addressed(directory, data)}
     tensors = classifier_tensors(classifier, protocol)
-    section["classifier"] = {**_write_content_addressed(directory, save(tensors, metadata={"record": key_text})),
+    section["classifier"] = {**_write_content_addressed(directory, safetensors_bytes(tensors, {"record": key_text})),
                              "tensors": "all" if protocol not in FROZEN_ENCODER else "head"}
     return section
+
+
+def safetensors_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
+    """A safetensors file whose bytes depend only on its content (the library orders metadata as its hash map
+    does, differently per process), so that equal evidence has an equal sha256 however many processes made it."""
+    codes = {dtype: code for code, (dtype, _) in _DTYPES.items()}
+    header: dict[str, Any] = {"__metadata__": dict(sorted(metadata.items()))}
+    blobs, offset = [], 0
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        blob = t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
+        header[name] = {"dtype": codes[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + len(blob)]}
+        blobs.append(blob)
+        offset += len(blob)
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # the format lets the header be padded to align the data
+    return len(text).to_bytes(8, "little") + text + b"".join(blobs)
 
 
 def _evidence_dir(out: Path) -> Path:

@@ -34,8 +34,8 @@ def accelerate_command(num_processes: int) -> list[str]:
 
 
 def evaluate_launched(model: str, num_processes: int, **kwargs) -> list[dict]:
-    """``evaluate(model, **kwargs)`` over ``num_processes`` processes; its records. The child's one-line error
-    comes back as a RobustHubError; any other failure of the child as a RuntimeError."""
+    """``evaluate(model, **kwargs)`` over ``num_processes`` processes; its records. The evaluation's RobustHubError
+    comes back as one; any other failure of the child as a RuntimeError."""
     if not isinstance(num_processes, int) or isinstance(num_processes, bool) or num_processes < 1:
         raise RobustHubError(f"the number of processes must be a positive integer, got {num_processes!r}")
     try:
@@ -48,9 +48,8 @@ def evaluate_launched(model: str, num_processes: int, **kwargs) -> list[dict]:
         spec_path.write_text(spec)
         done = subprocess.run([*accelerate_command(num_processes), "-m", __name__, str(spec_path), str(records_path)],
                               capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        errors = [line[len("error: "):] for line in done.stderr.splitlines() if line.startswith("error: ")]
-        if done.returncode == 2 and errors:
-            raise RobustHubError(errors[-1])
+        if records_path.with_suffix(".error").is_file():  # the launcher's own exit status does not tell
+            raise RobustHubError(records_path.with_suffix(".error").read_text())
         if done.returncode != 0 or not records_path.is_file():
             raise RuntimeError(f"the evaluation processes exited with status {done.returncode}: "
                                f"{done.stderr.strip()[-2000:]}")
@@ -62,7 +61,12 @@ def _run_child(args: argparse.Namespace) -> int:
     from robust_hub.evaluation.runner import evaluate
 
     spec = json.loads(Path(args.spec).read_text())
-    records = evaluate(spec["model"], **spec["kwargs"])
+    try:
+        records = evaluate(spec["model"], **spec["kwargs"])
+    except RobustHubError as error:  # the model's or the settings' fault: handed back as what it is
+        if sharding.is_main_process():
+            Path(args.records).with_suffix(".error").write_text(str(error))
+        raise
     if sharding.is_main_process():
         Path(args.records).write_text(json.dumps(records))
     return 0

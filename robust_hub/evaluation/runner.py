@@ -24,13 +24,13 @@ from robust_hub.errors import RobustHubError
 from robust_hub.provenance import hardware, library_versions
 from robust_hub.evaluation.attacks import PGDConfig, margin_input_gradient_norms, parse_norm, pgd
 from robust_hub.evaluation import sharding
-from robust_hub.evaluation.autoattack_runner import MASKED_GRADIENT_THRESHOLD, merge_examples, run_autoattack
-from robust_hub.evaluation.evidence import AdversarialSet
+from robust_hub.evaluation.autoattack_runner import (MASKED_GRADIENT_THRESHOLD, merge_examples, refuse_old_state,
+                                                     run_autoattack)
+from robust_hub.evaluation.evidence import AdversarialSet, claimed, gather, write_evidence
 from robust_hub.evaluation.validate import RESULTS_KIND, STATE_DIR, resolve_device, validate_eval_arguments
 from robust_hub.io import owned_subdirectory, read_marker, write_bytes_atomic, write_marker
 from robust_hub.evaluation.verdict import Measurement, decide, measure_gradients
 from robust_hub.evaluation.corruption_release import official_corruptions, release_for
-from robust_hub.evaluation.evidence import claimed, gather, write_evidence
 from robust_hub.evaluation.corruptions import SEVERITIES, corruption_summary, generate_corruption_set, load_cifar10c
 from robust_hub.evaluation.loading import EvalBackbone, load_backbone
 from robust_hub.evaluation.presets import UNIFORM, check_preset, preset_settings
@@ -123,14 +123,15 @@ def _hardware(device: torch.device) -> dict:
 
 def _sharded(units: Sequence[Hashable], work: Callable[[Any], Any], desc: str, progress: bool) -> list:
     """``work(unit)`` for every unit, the units dealt among the processes; the results in ``units``' order, on
-    every process."""
+    every process. A tensor result may stay on the device until all units ran: read back once, not per unit."""
     done = {u: work(u) for u in tqdm(sharding.mine(units), desc=desc, leave=False,
                                      disable=not progress or not sharding.is_main_process())}
-    done = sharding.gather(done)
+    done = sharding.gather({u: r.cpu() if isinstance(r, torch.Tensor) else r for u, r in done.items()})
     return [done[u] for u in units]
 
 
-def _batch(images: torch.Tensor, labels: torch.Tensor, start: int, size: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+def _batch(images: torch.Tensor, labels: torch.Tensor, start: int, size: int,
+           device) -> tuple[torch.Tensor, torch.Tensor]:
     x = images[start:start + size].float().div(255).to(device, non_blocking=True)
     return x, labels[start:start + size].to(device, non_blocking=True)
 
@@ -143,7 +144,7 @@ def clean_correct(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, 
     @torch.no_grad()
     def unit(start: int) -> torch.Tensor:
         x, y = _batch(images, labels, start, batch_size, device)
-        return (model(x).argmax(1) == y).cpu()
+        return model(x).argmax(1) == y
 
     parts = _sharded(range(0, len(images), batch_size), unit, desc, progress)
     return torch.cat(parts).tolist() if parts else []
@@ -422,9 +423,10 @@ def _evaluate_protocol(backbone: EvalBackbone, cfg: ProtocolConfig, train: Split
         created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )
     record = json.loads(json.dumps(record.to_dict()))  # normalise tuples etc. exactly as stored
-    record["evidence"] = _evidence(out, key, cfg, opts, classifier, measured, record)
+    if sharding.is_main_process():  # one record and its evidence, written once
+        record["evidence"] = _evidence(out, key, cfg, opts, classifier, measured, record)
     record = EvalRecord.from_dict(record)
-    if sharding.is_main_process():  # one record, written once
+    if sharding.is_main_process():
         write_record(record, out)
     sharding.barrier()
     return record
@@ -493,7 +495,8 @@ def _measure(classifier: Classifier, test: SplitData, opts: EvalOptions, state_d
     if "c10c" in opts.metrics:
         t0 = time.perf_counter()
         c10c, correct = _c10c(classifier, test, opts)
-        measured["c10c"] = Measurement(c10c, ["generated_corruptions"] if c10c["generated"] else [], {"correct": correct})
+        flags = ["generated_corruptions"] if c10c["generated"] else []
+        measured["c10c"] = Measurement(c10c, flags, {"correct": correct})
         walls["c10c"] = time.perf_counter() - t0
     return decide(measured, eps_curve_attack=opts.eps_curve_attack, autoattack_version=opts.autoattack_version)
 
@@ -506,7 +509,8 @@ def _measure_attacks(classifier: Classifier, test: SplitData, opts: EvalOptions,
         attack = PGDConfig(eps=opts.eps, alpha=opts.eps / 4, steps=20, norm=opts.norm, random_start=True)
         correct, adversarial = pgd_results(classifier, test, attack, seed=opts.seed, batch_size=bs, device=dev,
                                            progress=opts.progress)
-        measured["pgd20"] = Measurement(sum(correct) / len(correct), [], {"correct": correct, "adversarial": adversarial})
+        measured["pgd20"] = Measurement(sum(correct) / len(correct), [],
+                                        {"correct": correct, "adversarial": adversarial})
         walls["pgd20"] = time.perf_counter() - t0
     aa_data = test.head(opts.n_autoattack)
     if "autoattack" in opts.metrics:
@@ -536,6 +540,8 @@ def _measure_attacks(classifier: Classifier, test: SplitData, opts: EvalOptions,
 
 
 def _autoattack(classifier, data: SplitData, opts: EvalOptions, eps: float, state_dir: Path, name: str):
+    for old in sorted(state_dir.glob(name.rsplit("_", 1)[0] + "_*.autoattack*.json")):  # under any settings hash
+        refuse_old_state(old)
     return run_autoattack(classifier, data.images.float().div(255), data.labels, eps=eps, norm=opts.norm,
                           seed=opts.seed, version=opts.autoattack_version, batch_size=opts.batch_size,
                           chunk_size=opts.autoattack_chunk_size, state_dir=owned_subdirectory(state_dir, name),
@@ -570,7 +576,7 @@ def _c10c(classifier, test: SplitData, opts: EvalOptions) -> tuple[dict, dict]:
     @torch.no_grad()
     def unit(u: tuple[str, int, int]) -> torch.Tensor:
         x, y = _batch(cset.images[u[0]][u[1]], cset.labels, u[2], bs, opts.device)
-        return (classifier(x).argmax(1) == y).cpu()
+        return classifier(x).argmax(1) == y
 
     done = dict(zip(units, _sharded(units, unit, "CIFAR-10-C", opts.progress)))
     correct = {name: {str(sev): torch.cat([done[(name, sev, s)] for s in range(0, n, bs)]).tolist()

@@ -128,7 +128,8 @@ def describe_run(args: argparse.Namespace, store_location: str) -> str:
         f"  finetuning on {_count(args.n_train, 'training images')}; testing on {_count(args.n_test, 'test images')}; "
         f"AutoAttack on {_count(args.n_autoattack, 'test images' if args.n_test is None else 'of those')}",
         f"  work directory {Path(args.work_dir).resolve()}; {key}",
-        *([f"  each evaluation over {args.num_processes} processes (accelerate launch)"] if args.num_processes > 1 else []),
+        *([f"  each evaluation over {args.num_processes} processes (accelerate launch)"]
+          if args.num_processes > 1 else []),
         f"  then the page: {Path(args.site).resolve()}/index.html",
     ])
 
