@@ -324,3 +324,14 @@ def test_autoattack_and_its_eps_curve_verify_on_the_images_it_attacked(tmp_path)
     # the in-memory module cannot be reloaded by itself: one clear error, not a guess
     with pytest.raises(robust_hub.errors.RobustHubError, match="in-memory module"):
         _verify(path, record)
+
+
+def test_evidence_of_another_number_is_refused_by_its_metadata(copy):
+    path, record = copy
+    metrics = record["evidence"]["metrics"]
+    metrics["pgd20"] = {**metrics[f"eps_curve/pgd20/{CURVE:.8g}"], "attack": "pgd20", "eps": EPS}
+    path.write_text(json.dumps(record))
+    report = _verify(path, record)
+    assert not report.ok
+    assert any(p.startswith("pgd20: evidence/") and p.endswith("its metadata (metric, eps) is not this record's")
+               for p in report.problems), report.problems

@@ -406,9 +406,9 @@ def read_examples(evidence: dict, name: str, fetch, rec, test, eps: float, attac
     if len(indices) and (indices.min() < 0 or indices.max() >= n or (indices.diff() <= 0).any()):
         raise RobustHubError(f"{entry['path']}: indices must increase and lie in [0, {n})")
     expected = {"metric": name, "attack": attack, "norm": rec.threat.norm, "record": json.dumps(list(rec.key))}
-    wrong = [k for k, v in expected.items() if meta.get(k) != v]
-    if wrong or not _same_eps(meta.get("eps"), eps):
-        raise RobustHubError(f"{entry['path']}: its metadata ({', '.join(wrong) or 'eps'}) is not this record's")
+    wrong = [k for k, v in expected.items() if meta.get(k) != v] + ([] if _same_eps(meta.get("eps"), eps) else ["eps"])
+    if wrong:
+        raise RobustHubError(f"{entry['path']}: its metadata ({', '.join(wrong)}) is not this record's")
     return AdversarialSet(indices, images)
 
 
