@@ -335,3 +335,40 @@ def test_evidence_of_another_number_is_refused_by_its_metadata(copy):
     assert not report.ok
     assert any(p.startswith("pgd20: evidence/") and p.endswith("its metadata (metric, eps) is not this record's")
                for p in report.problems), report.problems
+
+
+def test_push_uploads_a_leaderboard_results_evidence_from_its_store(evaluated, hub, tmp_path):
+    from leaderboard_helpers import KEY, file_result
+
+    from robust_hub.hub_push import push_to_hub
+    from robust_hub.leaderboard.store import LocalStore
+
+    root, record, _ = evaluated
+    commit = push_to_hub(str(root / "model"), "org/boarded")
+    store = LocalStore(tmp_path / "store")
+    result = {**record, "model": {**record["model"], "id": "org/boarded", "revision": commit}}
+    file_result(store, result)
+    files = [record["evidence"]["classifier"], *record["evidence"]["metrics"].values()]
+    for entry in files[1:]:  # the classifier is missing from the store: refused before anything is uploaded
+        store.create(entry["path"], (root / "out" / entry["path"]).read_bytes())
+    (tmp_path / "key").write_bytes(KEY)
+    with pytest.raises(robust_hub.errors.RobustHubError, match="in none of the stores given"):
+        push_to_hub(str(root / "model"), "org/boarded", results=[str(tmp_path / "store")], key_file=str(tmp_path / "key"))
+    assert not any(f.startswith("evidence/") for f in hub.files_at("org/boarded"))
+    store.create(files[0]["path"], (root / "out" / files[0]["path"]).read_bytes())
+    push_to_hub(str(root / "model"), "org/boarded", results=[str(tmp_path / "store")], key_file=str(tmp_path / "key"))
+    uploaded = hub.files_at("org/boarded")
+    assert all(uploaded[e["path"]] == (root / "out" / e["path"]).read_bytes() for e in files)
+
+
+def test_an_evidence_link_in_out_is_refused_before_any_work(evaluated, tmp_path, capsys):
+    root, _, _ = evaluated
+    shutil.copytree(root / "out", tmp_path / "out")
+    shutil.rmtree(tmp_path / "out" / "evidence")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "out" / "evidence").symlink_to(tmp_path / "elsewhere")
+    assert cli(["eval", str(root / "model"), "--protocols", "alf", "--dataset", "embedded:digits", "--n-test", "4",
+                "--out", str(tmp_path / "out"), "--no-progress", "--device", "cpu"]) == 2
+    assert "symbolic link" in capsys.readouterr().err and not any((tmp_path / "elsewhere").iterdir())
+    assert cli(["verify", str(tmp_path / "out"), "--device", "cpu"]) == 2
+    assert "is a symbolic link; evidence is read only from inside" in capsys.readouterr().err
