@@ -5,7 +5,8 @@
 Every per-image result the runner measured (clean, PGD-20, AutoAttack, eps curve, CIFAR-10-C, and the adversarial
 examples) is written by the main process to MEASURED.safetensors, one tensor per result. Test hooks, through the
 environment: ``COUNT_FILE`` gets a line ``<attack> <images> <rank>`` for each AutoAttack chunk and PGD batch a
-process attacks; ``KILL_AFTER_CHUNKS=K`` ends a process abruptly when it is about to attack its (K+1)-th chunk, as a killed run would stop.
+process attacks; ``KILL_AFTER_CHUNKS=K`` ends a process abruptly when it is about to attack its (K+1)-th chunk,
+as a killed run would stop.
 """
 
 from __future__ import annotations

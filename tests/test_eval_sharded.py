@@ -14,6 +14,13 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+import robust_hub
+from robust_hub.evaluation.launch import accelerate_command
+from robust_hub.evaluation.runner import evaluate
+from robust_hub.leaderboard.runner import EvalSettings, run_queue, submit_local
+from robust_hub.leaderboard.store import LocalStore
+from leaderboard_helpers import KEY, history
+
 TESTS = Path(__file__).parent
 CHILD = TESTS / "sharded_eval_child.py"
 IMAGES = 10  # the child's test subset; AutoAttack on its first 6 in chunks of 2, PGD in batches of 3
@@ -22,8 +29,7 @@ VOLATILE = ("created_at", "hardware", "wall_time_s")
 
 def launch(processes: int, out: Path, *overrides: str, env: dict | None = None, check: bool = True):
     """The child under ``accelerate launch`` over ``processes`` processes, or as a plain process for one."""
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
-                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"] if processes > 1 else [sys.executable]
+    launcher = accelerate_command(processes) if processes > 1 else [sys.executable]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(TESTS.parent), **(env or {})}
     done = subprocess.run([*launcher, str(CHILD), str(out), str(out) + ".measured.safetensors", *overrides],
                           env=env, capture_output=True, text=True, timeout=300)
@@ -44,6 +50,12 @@ def counts(path: Path) -> dict[str, Counter]:
 def record_of(out: Path) -> dict:
     (path,) = out.glob("*.json")
     return json.loads(path.read_text())
+
+
+def comparable(record: dict) -> dict:
+    """``record`` without what may differ between equal evaluations: time and machine. The evidence section stays:
+    equal examples are equal files, so equal content addresses."""
+    return {k: v for k, v in record.items() if k not in VOLATILE}
 
 
 def test_two_processes_give_the_per_image_results_and_record_of_one(tmp_path):
@@ -70,7 +82,9 @@ def test_two_processes_give_the_per_image_results_and_record_of_one(tmp_path):
 
     rec_one, rec_two = record_of(one), record_of(two)
     assert (rec_one["hardware"]["processes"], rec_two["hardware"]["processes"]) == (1, 2)
-    assert {k: v for k, v in rec_one.items() if k not in VOLATILE} == {k: v for k, v in rec_two.items() if k not in VOLATILE}
+    assert comparable(rec_one) == comparable(rec_two)
+    assert rec_two["evidence"]["metrics"]["autoattack"]["sha256"]  # the same examples, written by the main process
+    assert len(list((two / "evidence").iterdir())) == len(list((one / "evidence").iterdir()))
     assert "seed" in rec_two["protocol"]["settings"]["eval"]["units"]["seeding"]
 
     # the 2-process record is reused as it is by a 1-process run on the same --out (same key, same settings)
@@ -97,5 +111,52 @@ def test_a_killed_sharded_autoattack_resumes_under_another_process_count(tmp_pat
     assert a["autoattack.indices"].numel() > 0
     for key in a:
         assert torch.equal(a[key], b[key]), key
-    assert {k: v for k, v in record_of(out).items() if k not in VOLATILE} == \
-        {k: v for k, v in record_of(reference).items() if k not in VOLATILE}
+    assert comparable(record_of(out)) == comparable(record_of(reference))
+
+
+def test_the_leaderboard_runner_evaluates_over_two_processes_and_keeps_its_lease(tmp_path, one_torch_thread):
+    model_dir = tmp_path / "model"
+    torch.manual_seed(0)
+    robust_hub.create_backbone("robust_resnet_tiny").save_pretrained(model_dir)
+    store = LocalStore(tmp_path / "store")
+    request = submit_local(store, model_dir, "lab/tiny")
+    options = {"n_train": 48, "n_test": 12, "protocol_overrides": {"epochs": 1}, "device": "cpu", "batch_size": 4}
+    settings = EvalSettings("slf", "embedded:digits", "clean,pgd20", 8 / 255, options, num_processes=2)
+    summary = run_queue(store, KEY, settings, tmp_path / "work", lease_s=6)
+    assert summary.finished == [request.id], summary
+    (path,) = store.list("results")
+    sharded = json.loads(store.read(path))["record"]
+    assert sharded["hardware"]["processes"] == 2 and sharded["model"]["id"] == "lab/tiny"
+    assert history(store, request.id).count("RUNNING") >= 3  # claimed, then renewed while the child evaluated
+
+    (alone,) = evaluate(f"local-dir:{model_dir}", name="lab/tiny", protocols="slf", dataset="embedded:digits",
+                        metrics="clean,pgd20", out_dir=tmp_path / "alone", progress=False, print_table=False, **options)
+    for section in ("metrics", "dataset", "protocol", "threat", "seeds"):
+        assert sharded[section] == alone[section], section
+
+
+def test_a_process_count_below_one_is_one_error_line(tmp_path, capsys):
+    from robust_hub.cli import main
+
+    LocalStore(tmp_path / "store")
+    args = ["leaderboard", "run", "--store", str(tmp_path / "store"), "--site", str(tmp_path / "site")]
+    assert main([*args, "--num-processes", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "error: --num-processes must be at least 1 (got 0)"
+    assert not (tmp_path / "site").exists()
+
+
+def test_the_eval_script_under_two_processes_prints_once_and_writes_one_record(tmp_path):
+    model_dir, out = tmp_path / "model", tmp_path / "out"
+    torch.manual_seed(0)
+    robust_hub.create_backbone("robust_resnet_tiny").save_pretrained(model_dir)
+    command = [*accelerate_command(2), str(TESTS.parent / "eval_suite" / "evaluate.py"), str(model_dir), "--protocols",
+               "slf", "--dataset", "embedded:digits", "--n-train", "48", "--n-test", "8", "--epochs", "1", "--metrics",
+               "clean,pgd20", "--batch-size", "4", "--device", "cpu", "--out", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(TESTS.parent), "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("1 record(s) in") == 1 and done.stdout.count("PGD-20") == 1  # the table, once
+    # one bar each, the main process's: finetuning (it alone finetunes) and its one of the two PGD batches
+    assert done.stderr.count("slf finetune:   0%") == 1
+    assert done.stderr.count("PGD-20 eps=0.03137:   0%|          | 0/1") == 1
+    assert len(list(out.glob("*.json"))) == 1 and record_of(out)["hardware"]["processes"] == 2

@@ -126,7 +126,8 @@ def _sharded(units: Sequence[Hashable], work: Callable[[Any], Any], desc: str, p
     return [done[u] for u in units]
 
 
-def _batch(images: torch.Tensor, labels: torch.Tensor, start: int, size: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+def _batch(images: torch.Tensor, labels: torch.Tensor, start: int, size: int,
+           device) -> tuple[torch.Tensor, torch.Tensor]:
     x = images[start:start + size].float().div(255).to(device, non_blocking=True)
     return x, labels[start:start + size].to(device, non_blocking=True)
 
@@ -490,7 +491,8 @@ def _measure(classifier: Classifier, test: SplitData, opts: EvalOptions, state_d
     if "c10c" in opts.metrics:
         t0 = time.perf_counter()
         c10c, correct = _c10c(classifier, test, opts)
-        measured["c10c"] = Measurement(c10c, ["generated_corruptions"] if c10c["generated"] else [], {"correct": correct})
+        flags = ["generated_corruptions"] if c10c["generated"] else []
+        measured["c10c"] = Measurement(c10c, flags, {"correct": correct})
         walls["c10c"] = time.perf_counter() - t0
     return decide(measured, eps_curve_attack=opts.eps_curve_attack, autoattack_version=opts.autoattack_version)
 
@@ -503,7 +505,8 @@ def _measure_attacks(classifier: Classifier, test: SplitData, opts: EvalOptions,
         attack = PGDConfig(eps=opts.eps, alpha=opts.eps / 4, steps=20, norm=opts.norm, random_start=True)
         correct, adversarial = pgd_results(classifier, test, attack, seed=opts.seed, batch_size=bs, device=dev,
                                            progress=opts.progress)
-        measured["pgd20"] = Measurement(sum(correct) / len(correct), [], {"correct": correct, "adversarial": adversarial})
+        measured["pgd20"] = Measurement(sum(correct) / len(correct), [],
+                                        {"correct": correct, "adversarial": adversarial})
         walls["pgd20"] = time.perf_counter() - t0
     aa_data = test.head(opts.n_autoattack)
     if "autoattack" in opts.metrics:

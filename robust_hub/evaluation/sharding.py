@@ -40,9 +40,8 @@ def _group() -> bool:
     """Join the launcher's process group on first use; False for a single process."""
     if world_size() == 1:
         return False
-    if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend=backend, timeout=WAIT_TIMEOUT)
+    if not dist.is_initialized():  # gloo on GPUs too: only small CPU results and barriers go over it
+        dist.init_process_group(backend="gloo", timeout=WAIT_TIMEOUT)
     return True
 
 
@@ -83,8 +82,9 @@ def barrier() -> None:
 
 
 def main_first(load: Callable[[], T]) -> T:
-    """``load()`` on the main process, then on the others: a download or cache fill happens once."""
-    if is_main_process():
+    """``load()`` on the first process of each machine, then on the others: a download or cache fill happens once
+    per machine."""
+    if int(os.environ.get("LOCAL_RANK", "0")) == 0:
         value = load()
         barrier()
         return value

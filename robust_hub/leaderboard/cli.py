@@ -97,6 +97,8 @@ def add_leaderboard_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--c10c-n-per-severity", type=int, default=None, help="CIFAR-10-C images per severity "
                      "(default: all)")
     run.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ... (default %(default)s)")
+    run.add_argument("--num-processes", type=int, default=1, help="evaluate each submission over N processes with "
+                     "accelerate launch, e.g. one per GPU (same records as one process; default %(default)s)")
     run.add_argument("--reclaim", action="store_true", help="also take RUNNING requests whose runner ran on this host "
                      "and has exited, without waiting for its lease to run out (default: off)")
     run.add_argument("--lease", type=float, default=None, help="seconds a runner holds a request without renewing "
@@ -126,6 +128,8 @@ def describe_run(args: argparse.Namespace, store_location: str) -> str:
         f"  finetuning on {_count(args.n_train, 'training images')}; testing on {_count(args.n_test, 'test images')}; "
         f"AutoAttack on {_count(args.n_autoattack, 'test images' if args.n_test is None else 'of those')}",
         f"  work directory {Path(args.work_dir).resolve()}; {key}",
+        *([f"  each evaluation over {args.num_processes} processes (accelerate launch)"]
+          if args.num_processes > 1 else []),
         f"  then the page: {Path(args.site).resolve()}/index.html",
     ])
 
@@ -145,7 +149,9 @@ def _settings(args: argparse.Namespace):
     options.update(eps_curve=curve, c10c_generate=args.c10c_generate, device=args.device)
     if args.epochs is not None:
         options["protocol_overrides"] = {"epochs": args.epochs}
-    return EvalSettings(args.protocols, args.dataset, args.metrics, eps, options)
+    if args.num_processes < 1:
+        raise RobustHubError(f"--num-processes must be at least 1 (got {args.num_processes})")
+    return EvalSettings(args.protocols, args.dataset, args.metrics, eps, options, args.num_processes)
 
 
 def _positive(value: float, flag: str) -> float:

@@ -133,6 +133,7 @@ class EvalSettings:
     metrics: str = "clean,pgd20,autoattack"
     eps: float = 8 / 255
     options: dict = field(default_factory=dict)  # any other evaluate() keyword (n_test, eps_curve, ...)
+    num_processes: int = 1  # more: each evaluation runs under `accelerate launch` over that many processes
 
 
 @dataclass
@@ -272,13 +273,17 @@ def _take(queue: RequestQueue, request: Request, settings: EvalSettings, work_di
 def _evaluate(store: Store, key: bytes, request: Request, settings: EvalSettings, out: Path,
               lease: Lease) -> tuple[str | None, dict]:
     """Run the evaluation and file its results: the outcome event to write (None: the lease was lost)."""
+    from robust_hub.evaluation.launch import evaluate_launched
     from robust_hub.evaluation.runner import evaluate
 
     try:
         model, revision = _pinned_source(store, request)
-        records = evaluate(model, revision=revision, name=request.model_id, out_dir=out, protocols=settings.protocols,
-                           dataset=settings.dataset, metrics=settings.metrics, eps=settings.eps,
-                           progress=False, print_table=False, **settings.options)
+        kwargs = dict(revision=revision, name=request.model_id, out_dir=out, protocols=settings.protocols,
+                      dataset=settings.dataset, metrics=settings.metrics, eps=settings.eps, progress=False,
+                      print_table=False, **settings.options)
+        # several processes: the same evaluation as a child under accelerate launch; the lease is renewed meanwhile
+        records = (evaluate(model, **kwargs) if settings.num_processes == 1
+                   else evaluate_launched(model, settings.num_processes, **kwargs))
         for record in records:
             if request_id(record["model"]["id"], record["model"]["revision"]) != request.id:
                 raise RobustHubError(f"the evaluation loaded {record['model']['id']}@{record['model']['revision']}, "
