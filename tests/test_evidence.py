@@ -372,3 +372,17 @@ def test_an_evidence_link_in_out_is_refused_before_any_work(evaluated, tmp_path,
     assert "symbolic link" in capsys.readouterr().err and not any((tmp_path / "elsewhere").iterdir())
     assert cli(["verify", str(tmp_path / "out"), "--device", "cpu"]) == 2
     assert "is a symbolic link; evidence is read only from inside" in capsys.readouterr().err
+
+
+def test_a_content_address_is_written_once_and_never_replaced(tmp_path):
+    from robust_hub.evaluation.evidence import _write_content_addressed
+
+    entry = _write_content_addressed(tmp_path, b"evidence bytes")
+    assert entry == {"path": f"evidence/{hashlib.sha256(b'evidence bytes').hexdigest()}.safetensors",
+                     "sha256": hashlib.sha256(b"evidence bytes").hexdigest(), "bytes": 14}
+    target = tmp_path / Path(entry["path"]).name
+    assert _write_content_addressed(tmp_path, b"evidence bytes") == entry  # the same content: kept as it is
+    target.write_bytes(b"someone else's file")
+    with pytest.raises(robust_hub.errors.RobustHubError, match="does not hold what its name says"):
+        _write_content_addressed(tmp_path, b"evidence bytes")
+    assert target.read_bytes() == b"someone else's file" and sorted(p.name for p in tmp_path.iterdir()) == [target.name]

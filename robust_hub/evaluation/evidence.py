@@ -6,7 +6,7 @@ eps-curve point ``eps_curve/<attack>/<eps>``), the examples an attack found (``i
 ``images`` float32 ``[K,C,H,W]``; metadata: metric, attack, eps, norm, record key), and the finetuned classifier
 a verifier needs: the head alone where the encoder stays frozen (SLF, ALF, own), the whole network for AFF.
 Files are named by the sha256 of their bytes, and the record's ``evidence`` section lists each with its
-sha256 and size, so an edited file or record is caught.
+sha256 and size: an edited file is caught by its hash, an edited number by the recount.
 
 What the examples prove: every image with a valid example (inside the threat model around its test image,
 misclassified) or a wrong clean prediction is broken, so robust accuracy is at most the unbroken fraction.
@@ -17,14 +17,12 @@ shapes, dtypes and hashes checked, and no symbolic link followed.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import hashlib
 import json
 import math
 import os
 import stat
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -32,7 +30,7 @@ from typing import Any, Callable
 import torch
 
 from robust_hub.errors import RobustHubError
-from robust_hub.io import _default_mode, read_marker, refuse_link, owned_subdirectory, write_marker
+from robust_hub.io import owned_subdirectory, read_marker, refuse_link, write_bytes_exclusive, write_marker
 
 from robust_hub.evaluation.records import DEFAULT_MAX_BYTES, EVIDENCE_DIR, EVIDENCE_PATH, EvalRecord
 
@@ -98,7 +96,7 @@ def claimed(record: dict, name: str) -> tuple[float | None, float, str, int]:
 
 # ----------------------------------------------------------------------------------------- writing
 def _detail(measurement: Any) -> dict:
-    return getattr(measurement, "details", None) or getattr(measurement, "detail", None) or {}
+    return getattr(measurement, "detail", None) or {}  # a verdict.Measurement, or None for a metric not measured
 
 
 def gather(measured: dict[str, Any], record_metrics: dict) -> dict[str, AdversarialSet]:
@@ -178,23 +176,12 @@ def _evidence_dir(out: Path) -> Path:
 
 
 def _write_content_addressed(directory: Path, data: bytes) -> dict:
-    """``directory/<sha256>.safetensors``: written under a temporary name and linked into place, so it appears
-    whole or not at all and never replaces a file; an identical file already there is kept."""
+    """``directory/<sha256>.safetensors``, never replacing a file; an identical one already there is kept."""
     sha = hashlib.sha256(data).hexdigest()
     path = directory / f"{sha}.safetensors"
     refuse_link(path)
     if not path.exists():
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=directory)
-        try:
-            os.fchmod(fd, _default_mode(directory=False))
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            with contextlib.suppress(FileExistsError):  # written meanwhile: checked below like any existing file
-                os.link(tmp, path)
-        finally:
-            os.unlink(tmp)
+        write_bytes_exclusive(path, data)  # False: written meanwhile, and checked below like any existing file
     if _sha256_of(path) != sha:
         raise RobustHubError(f"{path} exists but does not hold what its name says; robust-hub did not write it "
                              "(move it away)")
