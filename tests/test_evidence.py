@@ -290,7 +290,7 @@ def test_push_refuses_evidence_that_is_not_what_the_record_names(evaluated, hub,
     assert ("model", "org/refused") not in hub.repos or not any(f.startswith("evidence/") for f in hub.files_at("org/refused"))
 
 
-def test_verify_runs_on_real_cifar10_images(cifar10_dir, evaluated, tmp_path):
+def test_verify_runs_on_real_cifar10_images(cifar10_dir, evaluated, tmp_path, capsys):
     root, _, _ = evaluated
     (record,) = evaluate_with_evidence(root / "model", tmp_path / "out", dataset=str(cifar10_dir), n_train=128,
                                        n_test=16, eps_curve=())
@@ -299,6 +299,10 @@ def test_verify_runs_on_real_cifar10_images(cifar10_dir, evaluated, tmp_path):
     assert report.ok, report.problems
     assert record["evidence"]["metrics"]["pgd20"]["examples"] > 0 and report.checked["pgd20"]["n"] == 16
     assert report.checked["pgd20"]["bound"] == pytest.approx(record["metrics"]["pgd20_acc"])
+    # the test set from another source must still be the record's, by its fingerprint
+    assert cli(["verify", str(path), "--dataset", str(cifar10_dir), "--device", "cpu"]) == 0
+    assert cli(["verify", str(path), "--dataset", "embedded:digits", "--device", "cpu"]) == 2
+    assert "not the record's" in capsys.readouterr().err
 
 
 def test_autoattack_and_its_eps_curve_verify_on_the_images_it_attacked(tmp_path):

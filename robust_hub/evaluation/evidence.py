@@ -340,14 +340,15 @@ def load_pinned_model(record: dict):
     return load_backbone(model["id"], revision=model["revision"])
 
 
-def load_test_set(record: dict):
-    """The record's test split by the name it was loaded with, at the image size it was evaluated at."""
+def load_test_set(record: dict, source: str | None = None):
+    """The record's test split by the name it was loaded with (or from ``source``, e.g. a local copy), at the
+    image size it was evaluated at; its fingerprint is checked by the caller."""
     from robust_hub.evaluation.runner import load_split
 
-    data = record["dataset"]
-    test = load_split(data["source"], data["split"])
+    source, split = source or record["dataset"]["source"], record["dataset"]["split"]
+    test = load_split(source, split)
     size = record["protocol"]["settings"].get("image_size")
-    return load_split(data["source"], data["split"], size) if size and test.images.shape[-1] != size else test
+    return load_split(source, split, size) if size and test.images.shape[-1] != size else test
 
 
 def _test_subset(test, rec):

@@ -22,11 +22,13 @@ def add_verify_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("source", help="a record JSON file, a `robust-hub eval --out` directory, or a Hub model "
                         "repo org/name whose results were pushed with `push --results`")
     parser.add_argument("--revision", default=None, help="Hub revision to read the records from (default main)")
+    parser.add_argument("--dataset", default=None, metavar="SOURCE", help="load the test set from here instead of "
+                        "the source the record names (a local copy, say); its fingerprint must still be the record's")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
 
 
 def run_verify_command(args: argparse.Namespace) -> int:
-    from robust_hub.evaluation.evidence import VerifyReport, verify_record
+    from robust_hub.evaluation.evidence import VerifyReport, load_test_set, verify_record
     from robust_hub.evaluation.validate import resolve_device
 
     device = resolve_device(args.device)
@@ -38,7 +40,8 @@ def run_verify_command(args: argparse.Namespace) -> int:
         print(f"{name}: {record['protocol']['name']} on {record['dataset']['source']}, "
               f"{record['model']['id']}@{record['model']['revision'][:19]}")
         try:
-            report = verify_record(record, fetch, device=device, model_loader=loader)
+            report = verify_record(record, fetch, device=device, model_loader=loader,
+                                   dataset_loader=lambda r: load_test_set(r, args.dataset))
         except RobustHubError as exc:
             report = VerifyReport(False, [str(exc)], [])
         print(format_report(report))
