@@ -488,3 +488,95 @@ def test_cifar10_train_split_and_cache(cifar_cache: str, monkeypatch: pytest.Mon
     monkeypatch.setattr(data_module, "_decode_column", lambda *a, **k: pytest.fail("cache not used"))
     cached = load_image_dataset(str(CIFAR10_DIR), "train", cache_dir=cifar_cache)
     assert cached.fingerprint == ds.fingerprint and torch.equal(cached.images, ds.images)
+
+
+def _count_decodes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Patch the per-image decoder to record the name of each image it decodes (threads append safely;
+    the first image is decoded twice, once for the size)."""
+    decoded: list[str] = []
+    original = data_module._decode_one
+
+    def counting(data: bytes, name: str) -> np.ndarray:
+        decoded.append(name)
+        return original(data, name)
+
+    monkeypatch.setattr(data_module, "_decode_one", counting)
+    return decoded
+
+
+def test_cifar10_first_rows_decode_only_those_and_keep_the_splits_fingerprint(
+    cifar_cache: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    decoded = _count_decodes(monkeypatch)
+    head = load_image_dataset(str(CIFAR10_DIR), "train", cache_dir=str(tmp_path), limit=100)
+    assert set(decoded) == {f"row {k} of column 'img'" for k in range(100)} and len(decoded) <= 101
+    assert len(head) == 100 and head.split_size == 50_000
+    assert not list(tmp_path.glob("*.npy"))  # a partial decode is never cached under the split's name
+    full = load_image_dataset(str(CIFAR10_DIR), "train", cache_dir=cifar_cache)
+    assert head.split_fingerprint == full.fingerprint == full.split_fingerprint
+    assert head.fingerprint == full.subset(range(100)).fingerprint != full.fingerprint
+    assert torch.equal(head.images, full.images[:100]) and torch.equal(head.labels, full.labels[:100])
+    assert torch.equal(head.indices, torch.arange(100))
+    decoded.clear()
+    from_cache = load_image_dataset(str(CIFAR10_DIR), "train", cache_dir=cifar_cache, limit=100)
+    assert decoded == [] and torch.equal(from_cache.images, full.images[:100])
+    assert from_cache.fingerprint == head.fingerprint
+
+
+def test_eval_load_split_names_the_whole_split_for_n_images(
+    cifar_cache: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from robust_hub.evaluation.runner import load_split
+
+    monkeypatch.setenv("ROBUST_HUB_CACHE", cifar_cache + "-env")
+    decoded = _count_decodes(monkeypatch)
+    head = load_split(str(CIFAR10_DIR), "test", n=30)
+    assert set(decoded) == {f"row {k} of column 'img'" for k in range(30)} and len(decoded) <= 31
+    assert len(head.images) == 30 and head.whole_size == 10_000
+    whole = load_split(str(CIFAR10_DIR), "test")
+    assert head.fingerprint == whole.fingerprint == whole.head(30).fingerprint
+    assert torch.equal(head.images, whole.images[:30]) and head.whole_size == whole.head(30).whole_size
+
+
+def test_partial_and_full_decodes_do_not_share_a_cache_entry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    arrays = [_rgb(k) for k in range(5)]
+    _write_tree(tmp_path / "tree", {f"c/{k}.png": a for k, a in enumerate(arrays)})
+    decoded = _count_decodes(monkeypatch)
+    head = load_image_dataset(str(tmp_path / "tree"), cache_dir=str(tmp_path / "cache"), limit=2)
+    assert len(set(decoded)) == 2 and len(decoded) <= 3  # the first image is decoded twice (once for its size)
+    decoded.clear()
+    full = load_image_dataset(str(tmp_path / "tree"), cache_dir=str(tmp_path / "cache"))
+    assert len(set(decoded)) == 5  # the partial decode left nothing a full load could take for the whole split
+    assert len(full) == 5 and torch.equal(full.images[:2], head.images)
+    assert all(torch.equal(head.images[k], _chw(arrays[k])) for k in range(2))
+    decoded.clear()
+    assert len(load_image_dataset(str(tmp_path / "tree"), cache_dir=str(tmp_path / "cache"))) == 5
+    assert decoded == []
+    assert load_image_dataset(str(tmp_path / "tree"), cache_dir=str(tmp_path / "cache"), limit=9).fingerprint == \
+        full.fingerprint  # a limit beyond the split is the whole split
+    digits, first = load_image_dataset(DEFAULT_DATASET, "test"), load_image_dataset(DEFAULT_DATASET, "test", limit=7)
+    assert first.fingerprint == digits.subset(range(7)).fingerprint and first.split_size == len(digits)
+    for bad in (0, -1, 1.5, True, "3"):
+        with pytest.raises(RobustHubError, match="limit must be a positive integer"):
+            load_image_dataset(str(tmp_path / "tree"), limit=bad)
+
+
+def test_evaluation_with_n_train_decodes_only_those_and_records_the_whole_splits(
+    cifar_cache: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import robust_hub
+    from robust_hub.evaluation import evaluate
+
+    monkeypatch.setenv("ROBUST_HUB_CACHE", str(tmp_path / "cache"))
+    decoded = _count_decodes(monkeypatch)
+    torch.manual_seed(0)
+    model = robust_hub.create_backbone("robust_resnet_tiny", dual_bn=True)
+    (record,) = evaluate(model, protocols="slf", dataset=str(CIFAR10_DIR), out_dir=tmp_path / "out", metrics="clean",
+                         n_train=64, n_test=32, protocol_overrides={"epochs": 1}, progress=False, print_table=False,
+                         device="cpu")
+    assert len(set(decoded)) == 64  # rows 0-63 of train and 0-31 of test share names; no other row decoded
+    assert set(decoded) == {f"row {k} of column 'img'" for k in range(64)} and len(decoded) <= 64 + 32 + 2
+    full_test = load_image_dataset(str(CIFAR10_DIR), "test", cache_dir=cifar_cache)
+    assert record["dataset"]["fingerprint"] == full_test.fingerprint
+    assert (record["dataset"]["n_train"], record["dataset"]["n_test"]) == (64, 32)
+    assert record["protocol"]["settings"]["eval"]["full_sizes"] == {"train": 50_000, "test": 10_000}

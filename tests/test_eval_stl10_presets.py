@@ -43,7 +43,7 @@ def tiny_backbone(size):
 def test_stl10_is_loaded_at_the_models_size_and_finetuned_with_that_settings(monkeypatch, tmp_path, size):
     loaded = []
 
-    def load_split(dataset, split, image_size=None):
+    def load_split(dataset, split, image_size=None, n=None):
         loaded.append((dataset, split, image_size))
         generator = torch.Generator().manual_seed(len(loaded))
         images = (torch.rand(8, 3, image_size, image_size, generator=generator) * 255).to(torch.uint8)
@@ -71,7 +71,7 @@ def test_benchmark_preset_changes_only_what_the_benchmark_tuned():
 
 
 def test_the_record_names_the_preset_and_carries_its_settings(monkeypatch, tmp_path):
-    def load_split(dataset, split, image_size=None):
+    def load_split(dataset, split, image_size=None, n=None):
         images = (torch.rand(8, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8)
         return runner.SplitData(images, torch.arange(8) % 10, 10, "uoft-cs/cifar10", split, "fp")
 

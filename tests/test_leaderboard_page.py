@@ -82,3 +82,43 @@ def test_page_sorts_filters_and_shows_flags_in_chromium(tmp_path, browser):
     ARTIFACTS.mkdir(exist_ok=True)
     browser.screenshot(ARTIFACTS / "leaderboard.png")
     assert (ARTIFACTS / "leaderboard.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_page_shows_a_re_verified_row_and_a_row_whose_evidence_failed_in_chromium(tmp_path, browser):
+    from robust_hub.leaderboard.reverify import EvidenceChecker
+
+    from test_leaderboard_evidence import FakeVerifier, put_evidence, with_evidence
+
+    store = LocalStore(tmp_path / "store")
+    file_result(store, with_evidence(record("org/honest", "1" * 40, aa=0.40), b"head 1", b"examples 1"))
+    file_result(store, with_evidence(record("org/edited", "2" * 40, aa=0.45), b"head 2", b"examples 2"))
+    file_result(store, record("org/older", "3" * 40, pgd=0.32, aa=0.30))
+    put_evidence(store, b"head 1", b"examples 1", b"head 2", b"examples 2")
+    check = EvidenceChecker(store, {}, verifier=FakeVerifier(bad={"org/edited": [4, 12]}), cache_dir=tmp_path / "c")
+    build_site(store, KEY, tmp_path / "site", endpoint="https://huggingface.co", check_evidence=check)
+    browser.open((tmp_path / "site" / "index.html").as_uri())
+
+    # the edited row loses its rank although its AutoAttack number is the highest
+    assert browser.eval(VISIBLE_MODELS) == ["org/honest", "org/older", "org/edited"]
+    evidence = browser.eval("Object.fromEntries(Array.from(document.querySelectorAll('#t1-table tbody tr'))"
+                            ".map(r => [r.dataset.model, [r.querySelector('td.evidence').textContent, "
+                            "r.querySelector('td.evidence').className, getComputedStyle(r.querySelector('td.evidence'))"
+                            ".color]]))")
+    text, cls, colour = evidence["org/honest"]
+    assert text.startswith("re-verified 20") and "evidence-verified" in cls and colour == "rgb(17, 99, 41)"
+    assert evidence["org/edited"][0] == "evidence failed: images 4, 12"
+    assert evidence["org/edited"][2] == "rgb(164, 14, 38)"  # red, also on the unranked row's grey
+    assert evidence["org/older"][0] == "no evidence"
+    headers = browser.eval("Array.from(document.querySelectorAll('#t1-table th')).map(h => h.textContent)")
+    assert headers[-1] == "evidence"
+    title = browser.eval("document.querySelector('tr[data-model=\"org/edited\"] td.evidence').title")
+    assert title.splitlines()[0] == "pgd20: image 4: outside the eps-ball (9/255 > 8/255, linf)"
+    flags = browser.eval("Array.from(document.querySelectorAll('tr[data-model=\"org/edited\"] .flag'))"
+                         ".map(f => f.textContent)")
+    assert flags == ["evidence failed"]
+    ARTIFACTS.mkdir(exist_ok=True)
+    browser.screenshot(ARTIFACTS / "leaderboard-evidence.png")
+    # the filter finds rows by what their evidence says
+    browser.eval("var f = document.querySelector('input.filter'); f.value = 'evidence failed'; "
+                 "f.dispatchEvent(new Event('input'))")
+    assert browser.eval(VISIBLE_MODELS) == ["org/edited"]

@@ -64,6 +64,7 @@ class ImageDataset(Dataset):
     ``images`` is ``[N, 3, H, W]`` uint8 RGB, ``labels`` is ``[N]`` int64 (-1 = unlabeled),
     ``indices`` maps each row back to its row in the split it was loaded from, and
     ``fingerprint`` names the content (stable across machines and paths).
+    ``split_fingerprint`` and ``split_size`` name the whole split the rows come from.
     Items are ``(original_index, image, label)`` so batches carry dataset indices.
     """
 
@@ -88,6 +89,12 @@ class ImageDataset(Dataset):
         self.fingerprint = fingerprint or _content_fingerprint(images, labels, self.classes)
         # Subsets derive their fingerprint from the loaded split's, so equal rows give equal names.
         self._root_fingerprint = self.fingerprint
+        self.split_size = len(labels)
+
+    @property
+    def split_fingerprint(self) -> str:
+        """The fingerprint of the whole split these rows come from (the same for every subset)."""
+        return self._root_fingerprint
 
     @property
     def num_classes(self) -> int:
@@ -121,6 +128,7 @@ class ImageDataset(Dataset):
             indices=original,
         )
         child._root_fingerprint = self._root_fingerprint
+        child.split_size = self.split_size
         return child
 
     def split_validation(self, fraction: float, seed: int) -> tuple[ImageDataset, ImageDataset]:
@@ -145,8 +153,9 @@ def load_image_dataset(
     label_column: str | None = None,
     image_column: str | None = None,
     cache_dir: str | None = None,
+    limit: int | None = None,
 ) -> ImageDataset:
-    """Load one split of ``source`` fully decoded into memory.
+    """Load one split of ``source`` (or its first ``limit`` rows) decoded into memory.
 
     ``source`` is ``embedded:<name>``, an existing local directory (parquet/arrow shards
     named ``<split>-*`` or kept in ``<split>/``, or an ImageFolder tree) or else a Hugging
@@ -159,13 +168,19 @@ def load_image_dataset(
     ``datasets/`` under robust-hub's cache, see :mod:`robust_hub.cache`); an explicit ``cache_dir``
     also holds the ``datasets`` library's own cache, under ``hf/``. Any problem with the
     source raises ``RobustHubError``.
+
+    With ``limit``, only the first ``limit`` rows are decoded; the result equals
+    ``full.subset(range(limit))`` of a full load (same fingerprints, ``split_size`` the whole
+    split's), since the fingerprint still hashes every encoded row. A partial decode is read
+    from a full cache when there is one but is never written to the cache.
     """
-    _check_arguments(source, split, image_size)
+    _check_arguments(source, split, image_size, limit)
     image_size = None if image_size is None else int(image_size)
     if source.startswith("embedded:"):
         if label_column is not None or image_column is not None:
             raise RobustHubError("label_column and image_column do not apply to embedded datasets.")
-        return _load_embedded(source, split, image_size)
+        whole = _load_embedded(source, split, image_size)  # rendered, not decoded: nothing to save
+        return whole if limit is None or limit >= len(whole) else whole.subset(range(limit))
     hf_cache = str(Path(cache_dir).expanduser() / "hf") if cache_dir else None
     table = _open_source(source, split, hf_cache)
     return _from_hf(
@@ -176,13 +191,14 @@ def load_image_dataset(
         label_column=label_column,
         image_column=image_column,
         cache_root=_cache_root(cache_dir),
+        limit=limit,
     )
 
 
 # ----------------------------------------------------------------------------- arguments
 
 
-def _check_arguments(source: Any, split: Any, image_size: Any) -> None:
+def _check_arguments(source: Any, split: Any, image_size: Any, limit: Any = None) -> None:
     if not isinstance(source, str) or not source.strip():
         raise RobustHubError(f"dataset source must be a non-empty string, got {source!r}.")
     if not isinstance(split, str) or not split.strip():
@@ -191,6 +207,8 @@ def _check_arguments(source: Any, split: Any, image_size: Any) -> None:
         isinstance(image_size, bool) or not isinstance(image_size, numbers.Integral) or image_size < 1
     ):
         raise RobustHubError(f"image_size must be a positive integer or None, got {image_size!r}.")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, numbers.Integral) or limit < 1):
+        raise RobustHubError(f"limit must be a positive integer or None, got {limit!r}.")
 
 
 def _check_tensors(images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor | None) -> None:
@@ -421,6 +439,7 @@ def _from_hf(
     label_column: str | None,
     image_column: str | None,
     cache_root: Path,
+    limit: int | None = None,
 ) -> ImageDataset:
     """The shared path of Hub and local sources: detect columns, fingerprint, decode or reuse the cache."""
     table, image_col = _image_column(table, image_column, source)
@@ -430,12 +449,40 @@ def _from_hf(
         raise RobustHubError(f"split {split!r} of {source} has no rows.")
     fingerprint = _source_fingerprint(table, image_col, labels, classes, image_size)
     cache_file = cache_root / f"{fingerprint}.npy"
+    if limit is not None and limit < len(table):
+        return _first_rows(table, image_col, labels, classes, fingerprint, cache_file, limit,
+                           source=source, split=split, image_size=image_size)
     images = _cache_load(cache_file, len(table), image_size)
     if images is None:
         logger.info("decoding %d images of %s [%s]", len(table), source, split)
         images = _decode_column(table, image_col, image_size)
         _cache_store(cache_file, images)
     return ImageDataset(images, labels, classes, source=source, split=split, fingerprint=fingerprint)
+
+
+def _first_rows(
+    table: hf.Dataset,
+    image_col: str,
+    labels: torch.Tensor,
+    classes: list[str],
+    fingerprint: str,
+    cache_file: Path,
+    limit: int,
+    *,
+    source: str,
+    split: str,
+    image_size: int | None,
+) -> ImageDataset:
+    """The first ``limit`` rows, named as ``subset(range(limit))`` of the whole split is."""
+    images = _cache_load(cache_file, len(table), image_size, rows=limit)
+    if images is None:
+        logger.info("decoding the first %d of %d images of %s [%s]", limit, len(table), source, split)
+        images = _decode_column(table.select(range(limit)), image_col, image_size)
+    rows = torch.arange(limit, dtype=torch.int64)
+    head = ImageDataset(images, labels[:limit].clone(), classes, source=source, split=split,
+                        fingerprint=_derived_fingerprint(fingerprint, rows), indices=rows)
+    head._root_fingerprint, head.split_size = fingerprint, len(table)
+    return head
 
 
 def _image_column(table: hf.Dataset, override: str | None, source: str) -> tuple[hf.Dataset, str]:
@@ -666,10 +713,12 @@ def _cache_root(cache_dir: str | None) -> Path:
     return cache_home() / "datasets"
 
 
-def _cache_load(path: Path, n: int, image_size: int | None) -> torch.Tensor | None:
-    """The cached decode at ``path`` if it exists and has the expected shape, else None."""
+def _cache_load(path: Path, n: int, image_size: int | None, rows: int | None = None) -> torch.Tensor | None:
+    """The cached decode at ``path`` (its first ``rows`` rows when given) if it exists and holds all
+    ``n`` rows of the split at the expected size, else None."""
     try:
-        array = np.load(path, allow_pickle=False)
+        # Memory-mapped for a partial read, so only the rows taken are read and held.
+        array = np.load(path, allow_pickle=False, mmap_mode=None if rows is None else "r")
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as err:  # a damaged cache is rebuilt, not reported as the user's fault
@@ -680,7 +729,7 @@ def _cache_load(path: Path, n: int, image_size: int | None) -> torch.Tensor | No
         warnings.warn(f"ignoring dataset cache {path}: shape {array.shape} {array.dtype} does not match", stacklevel=3)
         return None
     logger.info("reusing decoded images from %s", path)
-    return torch.from_numpy(array)
+    return torch.from_numpy(array if rows is None else np.array(array[:rows]))
 
 
 def _cache_store(path: Path, images: torch.Tensor) -> None:

@@ -98,16 +98,19 @@ def dataset_image_size(dataset_name: str, backbone: EvalBackbone) -> int | None:
     return 96 if tuple(backbone.input_size or ()) == (96, 96) else 32
 
 
-def load_split(dataset: str, split: str, image_size: int | None = None) -> SplitData:
+def load_split(dataset: str, split: str, image_size: int | None = None, n: int | None = None) -> SplitData:
     """Load ``split`` of a dataset name (cifar10, cifar100, stl10) or any source the data layer reads,
-    resized to ``image_size`` when given."""
+    resized to ``image_size`` when given; with ``n``, only its first ``n`` images are decoded, named by
+    the whole split's fingerprint and size as ``head(n)`` of a full load is."""
     source, kwargs = DATASET_ALIASES.get(dataset.lower(), (dataset, {}))
     kwargs = {**kwargs, "image_size": image_size} if image_size else kwargs
     try:
         from robust_hub.data import load_image_dataset  # type: ignore[attr-defined]
     except ImportError as exc:
         raise RobustHubError("this robust-hub install has no data layer (robust_hub.data.load_image_dataset)") from exc
-    return SplitData.from_dataset(load_image_dataset(source, split=split, **kwargs), split)
+    ds = load_image_dataset(source, split=split, limit=n, **kwargs)
+    return dataclasses.replace(SplitData.from_dataset(ds, split), fingerprint=ds.split_fingerprint,
+                               full_size=ds.split_size)
 
 
 def _hardware(device: torch.device) -> dict:
@@ -354,8 +357,8 @@ def evaluate(
     image_size = dataset_image_size(dataset_name, backbone)
     configs = _protocol_configs(names, dataset_name, opts, protocol_overrides, image_size)
     if isinstance(dataset, str):
-        train, test = sharding.main_first(lambda: (load_split(dataset, train_split, image_size),
-                                                   load_split(dataset, test_split, image_size)))
+        train, test = sharding.main_first(lambda: (load_split(dataset, train_split, image_size, opts.n_train),
+                                                   load_split(dataset, test_split, image_size, opts.n_test)))
     else:
         train, test = SplitData.from_dataset(dataset[0], train_split), SplitData.from_dataset(dataset[1], test_split)
     train, test = train.head(opts.n_train), test.head(opts.n_test)

@@ -190,8 +190,13 @@ def run_leaderboard_command(args: argparse.Namespace) -> int:
     board = build_site(store, load_key(args.key_file), args.site, overwrite=args.overwrite)
     for path, reason in board.rejected.items():
         print(f"warning: rejected {path}: {reason}")
-    rows = sum(len(t.rows) for t in board.tables)
-    print(f"leaderboard written to {args.site}/index.html ({len(board.tables)} table(s), {rows} verified row(s))")
+    rows = [row for table in board.tables for row in table.rows]
+    for row in rows:
+        if row.evidence.state in ("failed", "unchecked"):
+            print(f"warning: {row.model_id} ({row.short_commit}): {row.evidence.text()}")
+    reverified = sum(row.evidence.state == "verified" for row in rows)
+    print(f"leaderboard written to {args.site}/index.html ({len(board.tables)} table(s), {len(rows)} verified row(s), "
+          f"{reverified} with evidence re-verified)")
     if args.space:
         from robust_hub.leaderboard.space import publish_space
 

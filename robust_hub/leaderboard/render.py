@@ -15,12 +15,13 @@ import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import quote
 
 from robust_hub.evaluation.measured_on import measured_on
 from robust_hub.leaderboard.requests import RequestQueue, is_local
-from robust_hub.leaderboard.results import load_results
+from robust_hub.leaderboard.results import VerifiedResult, load_results
+from robust_hub.leaderboard.reverify import NO_EVIDENCE, EvidenceChecker, EvidenceStatus
 from robust_hub.leaderboard.store import Store
 from robust_hub.leaderboard.trust import ranking_score, verdict
 
@@ -40,6 +41,7 @@ class Row:
     c10c: float | None
     flags: list[str]
     unranked_because: list[str]
+    evidence: EvidenceStatus = NO_EVIDENCE
 
     @property
     def on_hub(self) -> bool:
@@ -89,10 +91,16 @@ def _task(record: dict) -> tuple[tuple, str, str]:
     return (name, dataset["source"], record["threat"]["norm"], record["threat"]["eps"], digest), title, subtitle
 
 
-def build_board(store: Store, key: bytes, endpoint: str) -> Board:
+EvidenceCheck = Callable[[VerifiedResult], EvidenceStatus]
+
+
+def build_board(store: Store, key: bytes, endpoint: str, check_evidence: EvidenceCheck | None = None) -> Board:
+    """The board of the store's verified results; each result's evidence is re-verified by ``check_evidence``
+    (default: :class:`EvidenceChecker` on this store), and a row whose evidence failed is not ranked."""
     results, rejected = load_results(store, key)
     requests, ignored_events = RequestQueue(store, key).all()
     rejected.update(ignored_events)
+    check_evidence = check_evidence or EvidenceChecker(store, {q.id: q for q in requests})
     tables: dict[tuple, Table] = {}
     for result in results:
         r = result.record
@@ -100,9 +108,11 @@ def build_board(store: Store, key: bytes, endpoint: str) -> Board:
         table = tables.setdefault(task, Table(f"t{len(tables) + 1}", title, subtitle))
         m = r["metrics"]
         ok, reasons = verdict(r)
+        evidence = check_evidence(result)
+        unranked_because = ([] if ok else reasons) + (["evidence failed"] if evidence.state == "failed" else [])
         table.rows.append(Row(None, r["model"]["id"], r["model"]["revision"], m.get("clean_acc"), m.get("pgd20_acc"),
                               m.get("autoattack_acc"), (m.get("c10c") or {}).get("mean"), list(r["flags"]),
-                              [] if ok else reasons))
+                              unranked_because, evidence))
     for table in tables.values():
         ranked = sorted((row for row in table.rows if not row.unranked_because),
                         key=lambda row: (-row.autoattack, -(row.clean or 0), row.model_id))
@@ -121,12 +131,17 @@ def _pct(value: float | None) -> str:
     return "" if value is None else f"{100 * value:.2f}"
 
 
+EVIDENCE_NOTE = ("The evidence column says whether this build re-checked the row's adversarial examples: each inside "
+                 "the threat model around its test image and misclassified by the model at its commit, together "
+                 "proving robust accuracy is at most the row's number (only stronger attacks can show it is lower).")
+
+
 def render_html(board: Board) -> str:
     import jinja2
 
     env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
     env.filters["pct"] = _pct
-    return env.from_string(TEMPLATE.read_text(encoding="utf-8")).render(board=board)
+    return env.from_string(TEMPLATE.read_text(encoding="utf-8")).render(board=board, evidence_note=EVIDENCE_NOTE)
 
 
 MARKDOWN_SYNTAX = re.compile(r"([\\`*_{}\[\]()#+!|~])")
@@ -143,11 +158,12 @@ def cell(text: Any) -> str:
 def render_markdown(board: Board) -> str:
     out = ["# robust-hub leaderboard", "",
            f"Verified by the leaderboard's own runs; built {board.built_at}. Scores in %. "
-           "Unranked rows have scores the leaderboard cannot trust (reasons given).", ""]
+           "Unranked rows have scores the leaderboard cannot trust (reasons given). "
+           f"{EVIDENCE_NOTE}", ""]
     for table in board.tables:
         out += [f"## {cell(table.title)}", "", cell(table.subtitle), "",
-                "| rank | model | commit | clean | PGD-20 | AutoAttack | CIFAR-10-C | flags |",
-                "|---|---|---|---|---|---|---|---|"]
+                "| rank | model | commit | clean | PGD-20 | AutoAttack | CIFAR-10-C | flags | evidence |",
+                "|---|---|---|---|---|---|---|---|---|"]
         for row in table.rows:
             rank = str(row.rank) if row.rank else "unranked (" + ", ".join(row.unranked_because) + ")"
             url = f"{board.endpoint}/{quote(row.model_id)}"
@@ -155,7 +171,8 @@ def render_markdown(board: Board) -> str:
             commit = f"[{cell(row.commit[:7])}]({url}/commit/{quote(row.commit)})" if row.on_hub else \
                 cell(row.short_commit)
             out.append(f"| {cell(rank)} | {link} | {commit} | {_pct(row.clean)} | {_pct(row.pgd20)} | "
-                       f"{_pct(row.autoattack)} | {_pct(row.c10c)} | {cell(', '.join(row.flags) or '-')} |")
+                       f"{_pct(row.autoattack)} | {_pct(row.c10c)} | {cell(', '.join(row.flags) or '-')} | "
+                       f"{cell(row.evidence.text())} |")
         out.append("")
     if board.self_reported:
         out += ["## Self-reported (from model cards, not verified)", "", "| model | commit | metric | dataset | value |",
@@ -178,8 +195,9 @@ def check_site(site_dir: str | Path, overwrite: bool = False) -> None:
 
 
 def build_site(store: Store, key: bytes, site_dir: str | Path, endpoint: str | None = None,
-               overwrite: bool = False) -> Board:
-    """Write ``index.html`` and ``leaderboard.md`` to ``site_dir`` (atomically) from the store's records."""
+               overwrite: bool = False, check_evidence: EvidenceCheck | None = None) -> Board:
+    """Write ``index.html`` and ``leaderboard.md`` to ``site_dir`` (atomically) from the store's records, their
+    evidence re-verified (see :func:`build_board`)."""
     from robust_hub.io import read_marker, write_marker, write_text_atomic
 
     if endpoint is None:
@@ -188,7 +206,7 @@ def build_site(store: Store, key: bytes, site_dir: str | Path, endpoint: str | N
         endpoint = constants.ENDPOINT
     site = Path(site_dir)
     check_site(site, overwrite)
-    board = build_board(store, key, endpoint)
+    board = build_board(store, key, endpoint, check_evidence)
     site.mkdir(parents=True, exist_ok=True)
     if read_marker(site) is None:
         write_marker(site, SITE_KIND, files=SITE_FILES)

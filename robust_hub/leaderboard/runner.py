@@ -25,6 +25,7 @@ from robust_hub.errors import RobustHubError
 from robust_hub.leaderboard.requests import (DEFAULT_LEASE_S, MAX_TRIES, Request, RequestQueue, is_local, request_id,
                                              validate_model_id)
 from robust_hub.leaderboard.results import check_result, result_path, sign
+from robust_hub.leaderboard.reverify import store_evidence
 from robust_hub.leaderboard.store import LocalStore, Store
 
 log = logging.getLogger(__name__)
@@ -292,6 +293,7 @@ def _evaluate(store: Store, key: bytes, request: Request, settings: EvalSettings
             return None, {}
         for record in records:
             path = result_path(record, request.id)
+            store_evidence(store, out, record, path)  # first, so no result points at evidence not yet there
             if not store.create(path, sign(record, request.id, key), message=f"{request.id}: result"):
                 _check_existing(store, path, key)  # an earlier try of this request wrote it, or someone else did
         claims = [] if is_local(request.commit) else _self_reported(request.model_id, request.commit)

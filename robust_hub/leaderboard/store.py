@@ -16,6 +16,7 @@ import contextlib
 import os
 import random
 import re
+import stat
 import tempfile
 import time
 from pathlib import Path
@@ -43,6 +44,9 @@ class Store(Protocol):
     def read(self, path: str) -> bytes:
         """The bytes of ``path``; RobustHubError when it does not exist."""
 
+    def local_path(self, path: str) -> Path:
+        """A local regular file holding ``path``'s bytes, reached without following a link."""
+
     def create(self, path: str, data: bytes, message: str = "") -> bool:
         """Write ``path`` if it does not exist; False (and nothing written) when it does."""
 
@@ -63,10 +67,22 @@ class LocalStore:
                       if p.is_file() and not p.name.startswith("."))
 
     def read(self, path: str) -> bytes:
-        try:
-            return (self.root / check_path(path)).read_bytes()
-        except FileNotFoundError:
-            raise RobustHubError(f"{path} is not in the store {self.location}") from None
+        return self.local_path(path).read_bytes()
+
+    def local_path(self, path: str) -> Path:
+        """``path`` under the root, refused when it or any folder on the way is a link (it could lead anywhere)."""
+        target = self.root
+        for part in check_path(path).split("/"):
+            target = target / part
+            try:
+                mode = os.lstat(target).st_mode
+            except FileNotFoundError:
+                raise RobustHubError(f"{path} is not in the store {self.location}") from None
+            if stat.S_ISLNK(mode):
+                raise RobustHubError(f"{path} in the store {self.location} goes through a link; links are not followed")
+        if not stat.S_ISREG(mode):
+            raise RobustHubError(f"{path} in the store {self.location} is not a regular file")
+        return target
 
     def _staged(self, target: Path, data: bytes) -> str:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -115,16 +131,19 @@ class HubStore:
         return sorted(p for p in self._head()[1] if p.startswith(folder))
 
     def read(self, path: str) -> bytes:
+        return self.local_path(path).read_bytes()
+
+    def local_path(self, path: str) -> Path:
+        """The downloaded file itself: the Hub cache's snapshot entry is a link to it, made by huggingface_hub."""
         from huggingface_hub import hf_hub_download
         from huggingface_hub.errors import EntryNotFoundError
 
         try:
             with _hub_errors(self.repo_id):
-                local = hf_hub_download(self.repo_id, check_path(path), repo_type="dataset",
-                                        token=self.api.token)
+                return Path(hf_hub_download(self.repo_id, check_path(path), repo_type="dataset",
+                                            token=self.api.token)).resolve()
         except EntryNotFoundError:
             raise RobustHubError(f"{path} is not in the store {self.location}") from None
-        return Path(local).read_bytes()
 
     def _commit(self, path: str, data: bytes, message: str, parent: str) -> str:
         from huggingface_hub import CommitOperationAdd
