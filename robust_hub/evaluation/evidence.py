@@ -345,10 +345,10 @@ def load_test_set(record: dict, source: str | None = None):
     image size it was evaluated at; its fingerprint is checked by the caller."""
     from robust_hub.evaluation.runner import load_split
 
-    source, split = source or record["dataset"]["source"], record["dataset"]["split"]
-    test = load_split(source, split)
+    source, split, n = source or record["dataset"]["source"], record["dataset"]["split"], record["dataset"]["n_test"]
+    test = load_split(source, split, n=n)  # decodes only the images the record evaluated
     size = record["protocol"]["settings"].get("image_size")
-    return load_split(source, split, size) if size and test.images.shape[-1] != size else test
+    return load_split(source, split, size, n=n) if size and test.images.shape[-1] != size else test
 
 
 def _test_subset(test, rec):
