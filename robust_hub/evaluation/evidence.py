@@ -78,7 +78,8 @@ def metric_names(record: dict) -> list[str]:
     m = record["metrics"]
     names = [name for name, key in ROBUST_METRICS.items() if m.get(key) is not None]
     for attack, curve in sorted((m.get("eps_curve") or {}).items()):
-        names += [f"eps_curve/{attack}/{e}" for e, v in sorted(curve.items(), key=lambda kv: float(kv[0])) if v is not None]
+        points = sorted(curve.items(), key=lambda kv: float(kv[0]))
+        names += [f"eps_curve/{attack}/{e}" for e, v in points if v is not None]
     return names
 
 
@@ -249,7 +250,8 @@ def _parse_header(data: bytes, name: str) -> dict:
         ok = (isinstance(spec, dict) and spec.get("dtype") in _DTYPES and isinstance(spec.get("shape"), list)
               and all(isinstance(d, int) and d >= 0 for d in spec["shape"])
               and isinstance(spec.get("data_offsets"), list) and len(spec["data_offsets"]) == 2)
-        if not ok or spec["data_offsets"][1] - spec["data_offsets"][0] != math.prod(spec["shape"]) * _DTYPES[spec["dtype"]][1]:
+        start, end = spec["data_offsets"] if ok else (0, -1)
+        if not ok or end - start != math.prod(spec["shape"]) * _DTYPES[spec["dtype"]][1]:
             raise RobustHubError(f"{bad} (tensor {tensor!r} is malformed)")
     return header
 
@@ -261,7 +263,8 @@ def _expect(tensors: dict, want: dict[str, tuple[torch.dtype, tuple | None]], na
     for key, (dtype, shape) in want.items():
         t = tensors[key]
         if t.dtype != dtype or (shape is not None and tuple(t.shape) != tuple(shape)):
-            raise RobustHubError(f"{name}: {key} is {t.dtype} {tuple(t.shape)}, expected {dtype} {shape or ''}".rstrip())
+            want_text = f"{dtype} {shape or ''}".rstrip()
+            raise RobustHubError(f"{name}: {key} is {t.dtype} {tuple(t.shape)}, expected {want_text}")
 
 
 def _fetched(fetch: Callable[[str], Path], entry: dict) -> Path:

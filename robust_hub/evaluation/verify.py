@@ -50,8 +50,9 @@ def run_verify_command(args: argparse.Namespace) -> int:
     if failed:
         name, report = failed[0]
         images = sorted({i for _, r in failed for i in r.images})
+        named = ", ".join(map(str, images)) or "none named"
         raise RobustHubError(f"{len(failed)} of {len(checks)} record(s) disagree with their evidence ({name}: "
-                             f"{report.problems[0]}); disagreeing images: {', '.join(map(str, images)) or 'none named'}")
+                             f"{report.problems[0]}); disagreeing images: {named}")
     print(f"verified: {len(checks)} record(s) agree with their evidence")
     return 0
 
@@ -105,7 +106,8 @@ def _hub_checks(repo_id: str, revision: str | None) -> Iterator[Check]:
     try:
         api = HfApi()
         sha = api.model_info(repo_id, revision=revision).sha
-        names = sorted(f for f in api.list_repo_files(repo_id, revision=sha) if re.fullmatch(rf"{RECORDS_DIR}/[^/]+\.json", f))
+        names = sorted(f for f in api.list_repo_files(repo_id, revision=sha)
+                       if re.fullmatch(rf"{RECORDS_DIR}/[^/]+\.json", f))
         entries = [(name, read_json(hf_hub_download(repo_id, name, revision=sha))) for name in names]
     except RobustHubError:
         raise
@@ -123,7 +125,8 @@ def _hub_checks(repo_id: str, revision: str | None) -> Iterator[Check]:
         return blob
 
     for name, entry in entries:
-        if not isinstance(entry, dict) or not isinstance(entry.get("record"), dict) or not isinstance(entry.get("model_commit"), str):
+        if not (isinstance(entry, dict) and isinstance(entry.get("record"), dict)
+                and isinstance(entry.get("model_commit"), str)):
             raise RobustHubError(f"{repo_id}: {name} is not a published evaluation record")
         commit = entry["model_commit"]
         yield (f"{repo_id}/{name}", entry["record"], fetch,
