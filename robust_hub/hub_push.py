@@ -106,10 +106,10 @@ def _push(api, model_dir: Path, repo_id: str, config: dict, revision: str | None
     """One commit with the weights and the card; two when local results must be pinned to the weights' commit."""
     from huggingface_hub import CommitOperationAdd
 
-    from robust_hub.publishing import card_operations, collect_results, local_evidence
+    from robust_hub.publishing import card_operations, collect_results, evidence_to_upload
 
     local, leaderboard, refused = collect_results(model_dir, repo_id, results, key)
-    evidence = local_evidence(results, local)  # checked before anything is uploaded
+    evidence = evidence_to_upload(results, local, leaderboard)  # checked before anything is uploaded
     for path, reason in refused.items():
         print(f"warning: not published: {path}: {reason}", file=sys.stderr)
     files = [CommitOperationAdd(str(p.relative_to(model_dir)), str(p)) for p in files_to_upload(model_dir)]

@@ -71,6 +71,26 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
         raise
 
 
+def write_bytes_exclusive(path: str | os.PathLike, data: bytes) -> bool:
+    """``data`` at ``path`` unless something is there already (then False, and nothing changes): written under a
+    temporary name and linked into place, so the file appears whole and never replaces another."""
+    path = Path(path)
+    refuse_link(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        os.fchmod(fd, _default_mode(directory=False))
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.link(tmp, path)
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        os.unlink(tmp)
+
+
 def write_json_atomic(path: str | os.PathLike, data: Any, sort_keys: bool = False) -> None:
     """JSON with NaN/Infinity refused: they are not JSON, and a result holding one is a bug."""
     write_text_atomic(path, json.dumps(data, indent=2, sort_keys=sort_keys, allow_nan=False, default=str) + "\n")

@@ -83,19 +83,31 @@ def collect_results(model_dir: Path, repo_id: str, sources: list[str],
     return local, leaderboard, refused
 
 
-def local_evidence(sources: list[str], local: list[dict]) -> dict[str, Path]:
-    """The evidence files of the ``local`` records (path in the record -> file in its eval directory), each checked
-    against the sha256 its record names: a push uploads them beside the records, at the same relative paths."""
-    from robust_hub.evaluation.records import EVIDENCE_DIR
+def _evidence_entries(record: dict) -> list[dict]:
+    ev = record.get("evidence") or {}
+    return [e for e in [ev.get("classifier"), *(ev.get("metrics") or {}).values()] if e and "omitted" not in e]
 
-    files: dict[str, Path] = {}
+
+def evidence_to_upload(sources: list[str], local: list[dict], leaderboard: list[dict]) -> dict[str, Path | bytes]:
+    """The evidence of the published records (path in the record -> its file or bytes), each checked against the
+    sha256 its record names: a push uploads them beside the records, at the paths the records name. A local
+    record's files are in its eval directory; a leaderboard result's in its store, at the same path."""
+    from robust_hub.evaluation.records import EVIDENCE_DIR
+    from robust_hub.leaderboard.store import open_store
+
+    files: dict[str, Path | bytes] = {}
+    stores = [open_store(s) for s in sources if is_store(s)]
+    for entry in (e for published in leaderboard for e in _evidence_entries(published["record"])):
+        found = [data for data in map(lambda store: _stored(store, entry["path"]), stores)
+                 if data is not None and hashlib.sha256(data).hexdigest() == entry["sha256"]]
+        if not found:
+            raise RobustHubError(f"{entry['path']}: the evidence of a leaderboard result is in none of the stores "
+                                 "given, or not what the result names")
+        files[entry["path"]] = found[0]
     for source in (s for s in sources if not is_store(s)):
         here = [r.to_dict() for r in load_records(source)]
         for record in (r for r in here if r in local):
-            ev = record.get("evidence") or {}
-            for entry in [ev.get("classifier"), *(ev.get("metrics") or {}).values()]:
-                if not entry or "omitted" in entry:
-                    continue
+            for entry in _evidence_entries(record):
                 path = Path(source) / entry["path"]
                 if (Path(source) / EVIDENCE_DIR).is_symlink() or path.is_symlink() or not path.is_file() \
                         or sha256_file(path) != entry["sha256"]:
@@ -103,6 +115,13 @@ def local_evidence(sources: list[str], local: list[dict]) -> dict[str, Path]:
                                          "what the record names; rerun that evaluation (`robust-hub verify` checks it)")
                 files[entry["path"]] = path
     return files
+
+
+def _stored(store, path: str) -> bytes | None:
+    try:
+        return store.read(path)
+    except RobustHubError:
+        return None
 
 
 # ------------------------------------------------------------------------------------------- plots
@@ -186,7 +205,7 @@ def _published(entry: dict) -> Published:
 
 
 def card_operations(api, repo_id: str, model_dir: Path, config: dict, head: str, local: list[dict],
-                    leaderboard: list[dict], evidence: dict[str, Path] | None = None) -> list:
+                    leaderboard: list[dict], evidence: dict[str, Path | bytes] | None = None) -> list:
     """README.md, plots, records and .eval_results for a commit on top of ``head`` (local results pinned to it),
     and the records' ``evidence`` files at the paths the records name."""
     from huggingface_hub import CommitOperationAdd
@@ -206,7 +225,8 @@ def card_operations(api, repo_id: str, model_dir: Path, config: dict, head: str,
                         repo_id=repo_id, endpoint=api.endpoint)
     ops = [CommitOperationAdd("README.md", render(inputs).encode())]
     ops += [CommitOperationAdd(f"{PLOTS_DIR}/{name}", data) for name, data in sorted(images.items())]
-    ops += [CommitOperationAdd(name, str(path)) for name, path in sorted((evidence or {}).items())]
+    ops += [CommitOperationAdd(name, data if isinstance(data, bytes) else str(data))
+            for name, data in sorted((evidence or {}).items())]
     for name, entry in sorted(entries.items()):
         ops.append(CommitOperationAdd(f"{RECORDS_DIR}/{name}.json", json.dumps(entry, indent=2, sort_keys=True).encode()))
         ops.append(CommitOperationAdd(f"{EVAL_RESULTS_DIR}/robust-hub_{name}.yaml",

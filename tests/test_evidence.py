@@ -87,7 +87,8 @@ def test_evidence_files_are_content_addressed_and_named_in_the_record(evaluated)
     assert set(ev["metrics"]) == {"pgd20", f"eps_curve/pgd20/{CURVE:.8g}"}
     for name, entry in ev["metrics"].items():
         data = (root / "out" / entry["path"]).read_bytes()
-        assert entry["path"] == f"evidence/{hashlib.sha256(data).hexdigest()}.safetensors" == f"evidence/{entry['sha256']}.safetensors"
+        assert entry["sha256"] == hashlib.sha256(data).hexdigest()
+        assert entry["path"] == f"evidence/{entry['sha256']}.safetensors"
         assert entry["bytes"] == len(data) and entry["images"] == 32
         tensors = load_file(str(root / "out" / entry["path"]))
         assert tensors["indices"].dtype == torch.int64 and tensors["images"].dtype == torch.float32
@@ -101,7 +102,8 @@ def test_evidence_files_are_content_addressed_and_named_in_the_record(evaluated)
 def test_aff_keeps_the_whole_finetuned_network(tmp_path, evaluated):
     root, _, _ = evaluated
     (record,) = evaluate_with_evidence(root / "model", tmp_path / "out", protocols="aff",
-                                       protocol_overrides={**SETTINGS, "lr": 0.01, "epochs": 1, "train_attack.steps": 1})
+                                       protocol_overrides={**SETTINGS, "lr": 0.01, "epochs": 1,
+                                                           "train_attack.steps": 1})
     assert record["metrics"]["pgd20_acc"] is not None, record["flags"]
     tensors = load_file(str(tmp_path / "out" / record["evidence"]["classifier"]["path"]))
     assert any(k.startswith("encoder.") for k in tensors) and {"head.weight", "head.bias"} <= set(tensors)
@@ -117,7 +119,8 @@ def test_examples_beyond_the_bound_are_named_not_dropped(tmp_path, evaluated):
     assert "omitted" not in ev["pgd20"] and "--evidence-max-bytes" in ev[f"eps_curve/pgd20/{CURVE:.8g}"]["omitted"]
     (path,) = (tmp_path / "out").glob("*.json")
     report = _verify(path, record)
-    assert not report.ok and any(p.startswith(f"eps_curve/pgd20/{CURVE:.8g}: no evidence was stored") for p in report.problems)
+    assert not report.ok
+    assert any(p.startswith(f"eps_curve/pgd20/{CURVE:.8g}: no evidence was stored") for p in report.problems)
 
 
 # ----------------------------------------------------------------------------------------- verifying
@@ -162,7 +165,8 @@ def test_weights_changed_in_one_tensor_fail_naming_the_images(evaluated, tmp_pat
             right = model(ex["images"]).argmax(1) == labels
         now_right |= set(ex["indices"][right].tolist())
     assert now_right and report.images == sorted(now_right)
-    assert any(f"image {i}: the model classifies the example correctly" in p for p in report.problems for i in now_right)
+    for i in now_right:
+        assert any(f"image {i}: the model classifies the example correctly" in p for p in report.problems)
 
 
 def test_an_example_moved_out_of_the_eps_ball_is_named(copy):
@@ -287,10 +291,11 @@ def test_push_refuses_evidence_that_is_not_what_the_record_names(evaluated, hub,
     (tmp_path / "out" / record["evidence"]["metrics"]["pgd20"]["path"]).write_bytes(b"changed")
     with pytest.raises(robust_hub.errors.RobustHubError, match="not what the record names"):
         push_to_hub(str(root / "model"), "org/refused", results=[str(tmp_path / "out")])
-    assert ("model", "org/refused") not in hub.repos or not any(f.startswith("evidence/") for f in hub.files_at("org/refused"))
+    uploaded = hub.files_at("org/refused") if ("model", "org/refused") in hub.repos else {}
+    assert not any(f.startswith("evidence/") for f in uploaded)
 
 
-def test_verify_runs_on_real_cifar10_images(cifar10_dir, evaluated, tmp_path):
+def test_verify_runs_on_real_cifar10_images(cifar10_dir, evaluated, tmp_path, capsys):
     root, _, _ = evaluated
     (record,) = evaluate_with_evidence(root / "model", tmp_path / "out", dataset=str(cifar10_dir), n_train=128,
                                        n_test=16, eps_curve=())
@@ -299,6 +304,10 @@ def test_verify_runs_on_real_cifar10_images(cifar10_dir, evaluated, tmp_path):
     assert report.ok, report.problems
     assert record["evidence"]["metrics"]["pgd20"]["examples"] > 0 and report.checked["pgd20"]["n"] == 16
     assert report.checked["pgd20"]["bound"] == pytest.approx(record["metrics"]["pgd20_acc"])
+    # the test set from another source must still be the record's, by its fingerprint
+    assert cli(["verify", str(path), "--dataset", str(cifar10_dir), "--device", "cpu"]) == 0
+    assert cli(["verify", str(path), "--dataset", "embedded:digits", "--device", "cpu"]) == 2
+    assert "not the record's" in capsys.readouterr().err
 
 
 def test_autoattack_and_its_eps_curve_verify_on_the_images_it_attacked(tmp_path):
@@ -324,3 +333,66 @@ def test_autoattack_and_its_eps_curve_verify_on_the_images_it_attacked(tmp_path)
     # the in-memory module cannot be reloaded by itself: one clear error, not a guess
     with pytest.raises(robust_hub.errors.RobustHubError, match="in-memory module"):
         _verify(path, record)
+
+
+def test_evidence_of_another_number_is_refused_by_its_metadata(copy):
+    path, record = copy
+    metrics = record["evidence"]["metrics"]
+    metrics["pgd20"] = {**metrics[f"eps_curve/pgd20/{CURVE:.8g}"], "attack": "pgd20", "eps": EPS}
+    path.write_text(json.dumps(record))
+    report = _verify(path, record)
+    assert not report.ok
+    assert any(p.startswith("pgd20: evidence/") and p.endswith("its metadata (metric, eps) is not this record's")
+               for p in report.problems), report.problems
+
+
+def test_push_uploads_a_leaderboard_results_evidence_from_its_store(evaluated, hub, tmp_path):
+    from leaderboard_helpers import KEY, file_result
+
+    from robust_hub.hub_push import push_to_hub
+    from robust_hub.leaderboard.store import LocalStore
+
+    root, record, _ = evaluated
+    commit = push_to_hub(str(root / "model"), "org/boarded")
+    store = LocalStore(tmp_path / "store")
+    result = {**record, "model": {**record["model"], "id": "org/boarded", "revision": commit}}
+    file_result(store, result)
+    files = [record["evidence"]["classifier"], *record["evidence"]["metrics"].values()]
+    for entry in files[1:]:  # the classifier is missing from the store: refused before anything is uploaded
+        store.create(entry["path"], (root / "out" / entry["path"]).read_bytes())
+    (tmp_path / "key").write_bytes(KEY)
+    push = dict(results=[str(tmp_path / "store")], key_file=str(tmp_path / "key"))
+    with pytest.raises(robust_hub.errors.RobustHubError, match="in none of the stores given"):
+        push_to_hub(str(root / "model"), "org/boarded", **push)
+    assert not any(f.startswith("evidence/") for f in hub.files_at("org/boarded"))
+    store.create(files[0]["path"], (root / "out" / files[0]["path"]).read_bytes())
+    push_to_hub(str(root / "model"), "org/boarded", **push)
+    uploaded = hub.files_at("org/boarded")
+    assert all(uploaded[e["path"]] == (root / "out" / e["path"]).read_bytes() for e in files)
+
+
+def test_an_evidence_link_in_out_is_refused_before_any_work(evaluated, tmp_path, capsys):
+    root, _, _ = evaluated
+    shutil.copytree(root / "out", tmp_path / "out")
+    shutil.rmtree(tmp_path / "out" / "evidence")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "out" / "evidence").symlink_to(tmp_path / "elsewhere")
+    assert cli(["eval", str(root / "model"), "--protocols", "alf", "--dataset", "embedded:digits", "--n-test", "4",
+                "--out", str(tmp_path / "out"), "--no-progress", "--device", "cpu"]) == 2
+    assert "symbolic link" in capsys.readouterr().err and not any((tmp_path / "elsewhere").iterdir())
+    assert cli(["verify", str(tmp_path / "out"), "--device", "cpu"]) == 2
+    assert "is a symbolic link; evidence is read only from inside" in capsys.readouterr().err
+
+
+def test_a_content_address_is_written_once_and_never_replaced(tmp_path):
+    from robust_hub.evaluation.evidence import _write_content_addressed
+
+    entry = _write_content_addressed(tmp_path, b"evidence bytes")
+    assert entry == {"path": f"evidence/{hashlib.sha256(b'evidence bytes').hexdigest()}.safetensors",
+                     "sha256": hashlib.sha256(b"evidence bytes").hexdigest(), "bytes": 14}
+    target = tmp_path / Path(entry["path"]).name
+    assert _write_content_addressed(tmp_path, b"evidence bytes") == entry  # the same content: kept as it is
+    target.write_bytes(b"someone else's file")
+    with pytest.raises(robust_hub.errors.RobustHubError, match="does not hold what its name says"):
+        _write_content_addressed(tmp_path, b"evidence bytes")
+    assert target.read_bytes() == b"someone else's file" and sorted(p.name for p in tmp_path.iterdir()) == [target.name]

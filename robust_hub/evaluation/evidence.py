@@ -6,7 +6,7 @@ eps-curve point ``eps_curve/<attack>/<eps>``), the examples an attack found (``i
 ``images`` float32 ``[K,C,H,W]``; metadata: metric, attack, eps, norm, record key), and the finetuned classifier
 a verifier needs: the head alone where the encoder stays frozen (SLF, ALF, own), the whole network for AFF.
 Files are named by the sha256 of their bytes, and the record's ``evidence`` section lists each with its
-sha256 and size, so an edited file or record is caught.
+sha256 and size: an edited file is caught by its hash, an edited number by the recount.
 
 What the examples prove: every image with a valid example (inside the threat model around its test image,
 misclassified) or a wrong clean prediction is broken, so robust accuracy is at most the unbroken fraction.
@@ -17,14 +17,12 @@ shapes, dtypes and hashes checked, and no symbolic link followed.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import hashlib
 import json
 import math
 import os
 import stat
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -32,7 +30,7 @@ from typing import Any, Callable
 import torch
 
 from robust_hub.errors import RobustHubError
-from robust_hub.io import _default_mode, read_marker, refuse_link, owned_subdirectory, write_marker
+from robust_hub.io import owned_subdirectory, read_marker, refuse_link, write_bytes_exclusive, write_marker
 
 from robust_hub.evaluation.records import DEFAULT_MAX_BYTES, EVIDENCE_DIR, EVIDENCE_PATH, EvalRecord
 
@@ -80,7 +78,8 @@ def metric_names(record: dict) -> list[str]:
     m = record["metrics"]
     names = [name for name, key in ROBUST_METRICS.items() if m.get(key) is not None]
     for attack, curve in sorted((m.get("eps_curve") or {}).items()):
-        names += [f"eps_curve/{attack}/{e}" for e, v in sorted(curve.items(), key=lambda kv: float(kv[0])) if v is not None]
+        points = sorted(curve.items(), key=lambda kv: float(kv[0]))
+        names += [f"eps_curve/{attack}/{e}" for e, v in points if v is not None]
     return names
 
 
@@ -98,7 +97,7 @@ def claimed(record: dict, name: str) -> tuple[float | None, float, str, int]:
 
 # ----------------------------------------------------------------------------------------- writing
 def _detail(measurement: Any) -> dict:
-    return getattr(measurement, "details", None) or getattr(measurement, "detail", None) or {}
+    return getattr(measurement, "detail", None) or {}  # a verdict.Measurement, or None for a metric not measured
 
 
 def gather(measured: dict[str, Any], record_metrics: dict) -> dict[str, AdversarialSet]:
@@ -178,23 +177,12 @@ def _evidence_dir(out: Path) -> Path:
 
 
 def _write_content_addressed(directory: Path, data: bytes) -> dict:
-    """``directory/<sha256>.safetensors``: written under a temporary name and linked into place, so it appears
-    whole or not at all and never replaces a file; an identical file already there is kept."""
+    """``directory/<sha256>.safetensors``, never replacing a file; an identical one already there is kept."""
     sha = hashlib.sha256(data).hexdigest()
     path = directory / f"{sha}.safetensors"
     refuse_link(path)
     if not path.exists():
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=directory)
-        try:
-            os.fchmod(fd, _default_mode(directory=False))
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            with contextlib.suppress(FileExistsError):  # written meanwhile: checked below like any existing file
-                os.link(tmp, path)
-        finally:
-            os.unlink(tmp)
+        write_bytes_exclusive(path, data)  # False: written meanwhile, and checked below like any existing file
     if _sha256_of(path) != sha:
         raise RobustHubError(f"{path} exists but does not hold what its name says; robust-hub did not write it "
                              "(move it away)")
@@ -262,7 +250,8 @@ def _parse_header(data: bytes, name: str) -> dict:
         ok = (isinstance(spec, dict) and spec.get("dtype") in _DTYPES and isinstance(spec.get("shape"), list)
               and all(isinstance(d, int) and d >= 0 for d in spec["shape"])
               and isinstance(spec.get("data_offsets"), list) and len(spec["data_offsets"]) == 2)
-        if not ok or spec["data_offsets"][1] - spec["data_offsets"][0] != math.prod(spec["shape"]) * _DTYPES[spec["dtype"]][1]:
+        start, end = spec["data_offsets"] if ok else (0, -1)
+        if not ok or end - start != math.prod(spec["shape"]) * _DTYPES[spec["dtype"]][1]:
             raise RobustHubError(f"{bad} (tensor {tensor!r} is malformed)")
     return header
 
@@ -274,7 +263,8 @@ def _expect(tensors: dict, want: dict[str, tuple[torch.dtype, tuple | None]], na
     for key, (dtype, shape) in want.items():
         t = tensors[key]
         if t.dtype != dtype or (shape is not None and tuple(t.shape) != tuple(shape)):
-            raise RobustHubError(f"{name}: {key} is {t.dtype} {tuple(t.shape)}, expected {dtype} {shape or ''}".rstrip())
+            want_text = f"{dtype} {shape or ''}".rstrip()
+            raise RobustHubError(f"{name}: {key} is {t.dtype} {tuple(t.shape)}, expected {want_text}")
 
 
 def _fetched(fetch: Callable[[str], Path], entry: dict) -> Path:
@@ -353,14 +343,15 @@ def load_pinned_model(record: dict):
     return load_backbone(model["id"], revision=model["revision"])
 
 
-def load_test_set(record: dict):
-    """The record's test split by the name it was loaded with, at the image size it was evaluated at."""
+def load_test_set(record: dict, source: str | None = None):
+    """The record's test split by the name it was loaded with (or from ``source``, e.g. a local copy), at the
+    image size it was evaluated at; its fingerprint is checked by the caller."""
     from robust_hub.evaluation.runner import load_split
 
-    data = record["dataset"]
-    test = load_split(data["source"], data["split"])
+    source, split, n = source or record["dataset"]["source"], record["dataset"]["split"], record["dataset"]["n_test"]
+    test = load_split(source, split, n=n)  # decodes only the images the record evaluated
     size = record["protocol"]["settings"].get("image_size")
-    return load_split(data["source"], data["split"], size) if size and test.images.shape[-1] != size else test
+    return load_split(source, split, size, n=n) if size and test.images.shape[-1] != size else test
 
 
 def _test_subset(test, rec):
@@ -406,9 +397,9 @@ def read_examples(evidence: dict, name: str, fetch, rec, test, eps: float, attac
     if len(indices) and (indices.min() < 0 or indices.max() >= n or (indices.diff() <= 0).any()):
         raise RobustHubError(f"{entry['path']}: indices must increase and lie in [0, {n})")
     expected = {"metric": name, "attack": attack, "norm": rec.threat.norm, "record": json.dumps(list(rec.key))}
-    wrong = [k for k, v in expected.items() if meta.get(k) != v]
-    if wrong or not _same_eps(meta.get("eps"), eps):
-        raise RobustHubError(f"{entry['path']}: its metadata ({', '.join(wrong) or 'eps'}) is not this record's")
+    wrong = [k for k, v in expected.items() if meta.get(k) != v] + ([] if _same_eps(meta.get("eps"), eps) else ["eps"])
+    if wrong:
+        raise RobustHubError(f"{entry['path']}: its metadata ({', '.join(wrong)}) is not this record's")
     return AdversarialSet(indices, images)
 
 

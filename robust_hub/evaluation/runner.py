@@ -37,8 +37,8 @@ from robust_hub.evaluation.presets import UNIFORM, check_preset, preset_settings
 from robust_hub.evaluation.protocols import (ALL_PROTOCOLS, PROTOCOLS, Classifier, ProtocolConfig, default_protocol_config, finetune,
                                              with_overrides)
 from robust_hub.evaluation.records import (DEFAULT_MAX_BYTES, METRIC_NAMES, SCHEMA_VERSION, DatasetSection, EvalRecord,
-                                           ModelSection, ProtocolSection, ThreatSection, find_record, record_filename, record_key,
-                                           write_record)
+                                           ModelSection, ProtocolSection, ThreatSection, find_record, record_filename,
+                                           record_key, write_record)
 
 DATASET_ALIASES = {
     "cifar10": ("uoft-cs/cifar10", {}),

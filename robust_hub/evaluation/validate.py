@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 
 from robust_hub.errors import RobustHubError
+from robust_hub.evaluation.records import EVIDENCE_DIR
 from robust_hub.io import check_writable_path, claim_directory
 
 RESULTS_KIND = "eval-results"
@@ -52,4 +53,4 @@ def validate_eval_arguments(*, out_dir, n_train, n_test, n_autoattack, batch_siz
     if c10c_dir is not None and not Path(c10c_dir).is_dir():
         raise RobustHubError(f"--c10c-dir {c10c_dir} is not a directory (it should hold the CIFAR-10-C .npy files)")
     check_writable_path(out_dir)
-    claim_directory(out_dir, RESULTS_KIND, overwrite=overwrite, what="--out", writes=(STATE_DIR,))
+    claim_directory(out_dir, RESULTS_KIND, overwrite=overwrite, what="--out", writes=(STATE_DIR, EVIDENCE_DIR))

@@ -22,11 +22,13 @@ def add_verify_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("source", help="a record JSON file, a `robust-hub eval --out` directory, or a Hub model "
                         "repo org/name whose results were pushed with `push --results`")
     parser.add_argument("--revision", default=None, help="Hub revision to read the records from (default main)")
+    parser.add_argument("--dataset", default=None, metavar="SOURCE", help="load the test set from here instead of "
+                        "the source the record names (a local copy, say); its fingerprint must still be the record's")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
 
 
 def run_verify_command(args: argparse.Namespace) -> int:
-    from robust_hub.evaluation.evidence import VerifyReport, verify_record
+    from robust_hub.evaluation.evidence import VerifyReport, load_test_set, verify_record
     from robust_hub.evaluation.validate import resolve_device
 
     device = resolve_device(args.device)
@@ -38,7 +40,8 @@ def run_verify_command(args: argparse.Namespace) -> int:
         print(f"{name}: {record['protocol']['name']} on {record['dataset']['source']}, "
               f"{record['model']['id']}@{record['model']['revision'][:19]}")
         try:
-            report = verify_record(record, fetch, device=device, model_loader=loader)
+            report = verify_record(record, fetch, device=device, model_loader=loader,
+                                   dataset_loader=lambda r: load_test_set(r, args.dataset))
         except RobustHubError as exc:
             report = VerifyReport(False, [str(exc)], [])
         print(format_report(report))
@@ -47,8 +50,9 @@ def run_verify_command(args: argparse.Namespace) -> int:
     if failed:
         name, report = failed[0]
         images = sorted({i for _, r in failed for i in r.images})
+        named = ", ".join(map(str, images)) or "none named"
         raise RobustHubError(f"{len(failed)} of {len(checks)} record(s) disagree with their evidence ({name}: "
-                             f"{report.problems[0]}); disagreeing images: {', '.join(map(str, images)) or 'none named'}")
+                             f"{report.problems[0]}); disagreeing images: {named}")
     print(f"verified: {len(checks)} record(s) agree with their evidence")
     return 0
 
@@ -102,7 +106,8 @@ def _hub_checks(repo_id: str, revision: str | None) -> Iterator[Check]:
     try:
         api = HfApi()
         sha = api.model_info(repo_id, revision=revision).sha
-        names = sorted(f for f in api.list_repo_files(repo_id, revision=sha) if re.fullmatch(rf"{RECORDS_DIR}/[^/]+\.json", f))
+        names = sorted(f for f in api.list_repo_files(repo_id, revision=sha)
+                       if re.fullmatch(rf"{RECORDS_DIR}/[^/]+\.json", f))
         entries = [(name, read_json(hf_hub_download(repo_id, name, revision=sha))) for name in names]
     except RobustHubError:
         raise
@@ -120,7 +125,8 @@ def _hub_checks(repo_id: str, revision: str | None) -> Iterator[Check]:
         return blob
 
     for name, entry in entries:
-        if not isinstance(entry, dict) or not isinstance(entry.get("record"), dict) or not isinstance(entry.get("model_commit"), str):
+        if not (isinstance(entry, dict) and isinstance(entry.get("record"), dict)
+                and isinstance(entry.get("model_commit"), str)):
             raise RobustHubError(f"{repo_id}: {name} is not a published evaluation record")
         commit = entry["model_commit"]
         yield (f"{repo_id}/{name}", entry["record"], fetch,
