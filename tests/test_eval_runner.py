@@ -2,6 +2,7 @@
 
 
 import pytest
+import torch
 from test_eval_helpers import RoundingBackbone, TinyBackbone, synthetic_split
 from test_eval_loading import save_tiny_hf_resnet, save_tiny_timm
 
@@ -143,3 +144,25 @@ def test_linf_eps_above_one_is_refused_before_any_work(data, tmp_path):
     with pytest.raises(RobustHubError, match="L-inf eps"):
         _run(TinyBackbone(), data, tmp_path, eps=9.0)
     assert not list(tmp_path.glob("*.json"))
+
+
+class _OffGridIsRight(torch.nn.Module):
+    """Predicts class 1 (wrong, every label is 0) on images on the 1/255 grid and class 0 (right) off it."""
+
+    def forward(self, x):
+        off_grid = (x * 255 - (x * 255).round()).abs().flatten(1).sum(1)
+        return torch.stack([off_grid, torch.full_like(off_grid, 0.5)], dim=1)
+
+
+def test_pgd_counts_a_misclassified_image_broken_even_when_its_random_start_is_right():
+    from robust_hub.evaluation.attacks import PGDConfig
+
+    x = torch.randint(0, 256, (6, 3, 8, 8), dtype=torch.uint8)
+    data = runner.SplitData(x, torch.zeros(6, dtype=torch.long), 2, "mem", "test", "fp")
+    model = _OffGridIsRight()
+    random_start_only = PGDConfig(eps=8 / 255, alpha=0.0, steps=1)
+    with torch.no_grad():  # the attack alone would call every image right: its start is off the grid
+        assert (model(x.float() / 255 + 1 / 510).argmax(1) == 0).all() and (model(x.float() / 255).argmax(1) == 1).all()
+    correct, examples = runner.pgd_results(model, data, random_start_only, progress=False)
+    assert correct == [False] * 6
+    assert len(examples.indices) == 0  # nothing to store: the test images themselves prove it

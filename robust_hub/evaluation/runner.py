@@ -158,8 +158,13 @@ def accuracy(model: nn.Module, data: SplitData, *, batch_size: int = 256, device
 
 def pgd_results(model: nn.Module, data: SplitData, attack: PGDConfig, *, seed: int = 0, batch_size: int = 256,
                 device="cpu", progress: bool = True) -> tuple[list[bool], AdversarialSet]:
-    """Per image: still classified correctly under ``attack``; and the examples that broke a correctly classified
-    image. Each batch seeds its random start from (seed, its first index): the same whichever process runs it."""
+    """Per image: classified correctly both as it is and under ``attack``; and the examples that broke a correctly
+    classified image. Each batch seeds its random start from (seed, its first index): the same whichever process
+    runs it.
+
+    A misclassified test image counts as broken even when the attack's random start lands on a correct
+    prediction: the image itself lies in its eps-ball (AutoAttack counts the same way), so the number never
+    exceeds the bound its evidence proves (``robust-hub verify``)."""
     model.eval()
 
     def unit(start: int) -> tuple[torch.Tensor, AdversarialSet]:
@@ -169,7 +174,7 @@ def pgd_results(model: nn.Module, data: SplitData, attack: PGDConfig, *, seed: i
         with torch.no_grad():
             clean, robust = model(x).argmax(1) == y, model(x_adv).argmax(1) == y
         broken = (clean & ~robust).cpu()
-        return robust.cpu(), AdversarialSet(start + broken.nonzero().flatten(), x_adv.cpu().float()[broken])
+        return (clean & robust).cpu(), AdversarialSet(start + broken.nonzero().flatten(), x_adv.cpu().float()[broken])
 
     parts = _sharded(range(0, len(data.images), batch_size), unit, f"PGD-{attack.steps} eps={attack.eps:.4g}",
                      progress)

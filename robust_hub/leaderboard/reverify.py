@@ -92,7 +92,7 @@ class EvidenceChecker:
         self.store, self.requests = store, requests
         self.verifier = verifier
         self.cache_dir = Path(cache_dir) if cache_dir is not None else cache_home() / "leaderboard-verified"
-        self.dataset_loader = dataset_loader or load_test_subset
+        self.dataset_loader = dataset_loader or load_test_set
 
     def __call__(self, result: VerifiedResult) -> EvidenceStatus:
         """The row's status; never raises (one result's trouble must not stop the build)."""
@@ -149,16 +149,11 @@ class EvidenceChecker:
         return lambda record: load_backbone("local-dir:" + request.event["local_dir"])
 
 
-def load_test_subset(record: dict):
-    """The record's test split, decoding only the ``n_test`` images it evaluated; at the size it was evaluated at
-    when the stored images differ (STL-10's 32x32 setting)."""
-    from robust_hub.evaluation.runner import load_split
+def load_test_set(record: dict):
+    """The record's test subset, as ``robust-hub verify`` loads it (imported late: torch is heavy for the CLI)."""
+    from robust_hub.evaluation.evidence import load_test_set as load
 
-    data = record["dataset"]
-    test = load_split(data["source"], data["split"], n=data["n_test"])
-    size = record["protocol"]["settings"].get("image_size")
-    return test if not size or test.images.shape[-1] == size else \
-        load_split(data["source"], data["split"], size, n=data["n_test"])
+    return load(record)
 
 
 def _cache_key(record: dict, model_content: str) -> str:
