@@ -156,7 +156,7 @@ def test_eval_uses_the_official_set_for_cifar_names_and_refuses_other_datasets(t
     classifier = Classifier(nn.Flatten(), 3 * 32 * 32, 10)
     opts = runner.EvalOptions(("c10c",), "linf", 8 / 255, 0, None, None, None, (), "pgd20", None, False, None,
                               "standard", 1000, 8, torch.device("cpu"), False, c10c_official="cifar10")
-    result = runner._c10c(classifier, None, opts)
+    result, _ = runner._c10c(classifier, None, opts)  # the summary, and which images each batch got right
     assert result["generated"] is False and set(result["per_corruption"]) == set(CIFAR10C_CORRUPTIONS)
     assert result["source"] == str((tmp_path / "corruptions" / "CIFAR-10-C").resolve())
 
