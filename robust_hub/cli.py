@@ -203,7 +203,9 @@ def run_with_errors(run: Callable[[argparse.Namespace], int], args: argparse.Nam
         return run(args)
     except RobustHubError as error:
         if is_main_process():  # under a multi-process launcher every rank fails alike
-            print(f"error: {error}", file=sys.stderr)
+            print(f"error: {error}", file=sys.stderr, flush=True)
+        if error.after_report:
+            error.after_report()
         return 2
 
 

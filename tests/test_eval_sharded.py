@@ -173,6 +173,26 @@ def test_the_eval_script_under_two_processes_prints_once_and_writes_one_record(t
     assert len(list(out.glob("*.json"))) == 1 and record_of(out)["hardware"]["processes"] == 2
 
 
+def test_bad_input_found_while_the_other_process_waits_ends_both_with_one_error_line(tmp_path):
+    model_dir, out = tmp_path / "model", tmp_path / "out"
+    torch.manual_seed(0)
+    robust_hub.create_backbone("robust_resnet_tiny").save_pretrained(model_dir)
+    command = [*accelerate_command(2), str(TESTS.parent / "eval_suite" / "evaluate.py"), str(model_dir), "--protocols",
+               "slf", "--dataset", str(tmp_path / "absent"), "--n-test", "8", "--metrics", "clean", "--device", "cpu",
+               "--out", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(TESTS.parent), "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and str(tmp_path / "absent") in errors[0], done.stderr[-3000:]
+    # The waiting process leaves on the shared failure, not in a broken collective: no traceback through our
+    # code (the launcher's own ChildFailedError report, with its traceback, follows any failing process).
+    frames = [line for line in done.stderr.splitlines() if line.strip().startswith("File ")]
+    assert not [f for f in frames if "robust_hub" in f or "evaluate.py" in f], done.stderr[-3000:]
+    assert "Connection closed" not in done.stderr and "exitcode  : 2" in done.stderr
+    assert not out.exists()
+
+
 def test_a_launched_evaluation_hands_back_its_error_as_what_it_is(tmp_path):
     from robust_hub.evaluation.launch import evaluate_launched
 

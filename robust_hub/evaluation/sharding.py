@@ -17,6 +17,8 @@ from typing import Any, Callable, Sequence, TypeVar
 import torch
 import torch.distributed as dist
 
+from robust_hub.errors import RobustHubError
+
 T = TypeVar("T")
 # Collectives wait this long: the other processes wait in a barrier while the main process finetunes a
 # classifier (hours for AFF). A crashed process does not leave the rest hanging: the launcher ends them.
@@ -83,13 +85,38 @@ def barrier() -> None:
 
 def main_first(load: Callable[[], T]) -> T:
     """``load()`` on the first process of each machine, then on the others: a download or cache fill happens once
-    per machine."""
-    if int(os.environ.get("LOCAL_RANK", "0")) == 0:
+    per machine.
+
+    Bad input found by a first process (a missing dataset) ends every process with the one ``error:`` line the
+    main process prints: the others learn of the failure and wait until the failing process has reported it
+    (``RobustHubError.after_report``), so no process dies in a collective and the launcher cannot stop the
+    failing one before its report is out.
+    """
+    if int(os.environ.get("LOCAL_RANK", "0")) != 0:
+        _share_outcome(None)
+        return load()
+    try:
         value = load()
-        barrier()
-        return value
-    barrier()
-    return load()
+    except RobustHubError as error:
+        if _group():
+            _share_outcome(str(error))
+            error.after_report = dist.barrier  # releases the processes waiting in _share_outcome
+        raise
+    _share_outcome(None)
+    return value
+
+
+def _share_outcome(failure: str | None) -> None:
+    """Every first process's ``failure`` (None: it loaded) shared; a process that did not fail raises the first
+    failure, once the failing processes have reported theirs."""
+    if not _group():
+        return
+    failures: list[str | None] = [None] * world_size()
+    dist.all_gather_object(failures, failure)
+    first = next((f for f in failures if f is not None), None)
+    if first is not None and failure is None:
+        dist.barrier()
+        raise RobustHubError(first)
 
 
 def same_everywhere(value: T) -> T:
