@@ -5,6 +5,7 @@ or of another method's (``--method dynacl``, ``--ir``).
     python bench/bench_acl_step.py --device cpu --batch 32 --variants plain,bf16,channels_last
     python bench/bench_acl_step.py --peak-tflops 2.0 --out bench.json
     python bench/bench_acl_step.py --device cpu --threads 2 --batch 64 --variants reference,plain,fast --rounds 5
+    python bench/bench_acl_step.py --device cpu --threads 2 --batch 64 --variants reference,plain,fast --profile-steps 1
 
 Every variant runs in the same process on a fresh copy of the same model: ``plain`` (fp32, no
 compile, a loss read back every step), ``reference`` (the plain step with the attack computed as the
@@ -18,6 +19,11 @@ alternating rounds, with their range), the FLOPs of the real step counted by
 PyTorch's FLOP counter, the achieved fraction of the device's peak (MFU), and the time split
 between augmentation, attack, training forward/backward and optimiser. The split is measured in
 separate steps with a synchronisation between the phases, so the throughput steps stay sync-free.
+With ``--profile-steps N`` (CPU) each variant also runs N steps under PyTorch's profiler, which splits their
+time into convolution kernels and everything else. ``ceiling_vs_reference`` is then the reference's profiled
+step time over the variant's convolution time: the speed-up the variant would reach if everything but its
+convolutions cost nothing, so a goal above it cannot be met without faster convolution kernels or less
+convolution work (a change to what the step computes).
 The JSON is meant to be kept and compared with later runs.
 """
 
@@ -208,6 +214,25 @@ class PhaseTimer:
         return _Phase()
 
 
+def is_convolution(op_name: str) -> bool:
+    """A convolution kernel's aten op (forward or backward, any backend), not the autograd wrappers around it."""
+    return op_name.startswith("aten::") and "conv" in op_name
+
+
+def profile_steps(step: Step, steps: int) -> dict[str, float]:
+    """Seconds per step under the profiler, split into convolution kernels (their self time) and the rest."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        start = time.perf_counter()
+        for _ in range(steps):
+            step()
+        wall = (time.perf_counter() - start) / steps
+    convolution = sum(e.self_cpu_time_total for e in prof.key_averages() if is_convolution(e.key)) / 1e6 / steps
+    return {"step_s": wall, "convolution_s": convolution, "other_s": wall - convolution,
+            "convolution_share": round(convolution / wall, 4)}
+
+
 def count_flops(step: Step) -> dict[str, float]:
     """FLOPs of one step, per phase, counted by PyTorch (the model runs eagerly while counting)."""
     counted = {}
@@ -248,7 +273,8 @@ def _measure(args, device: torch.device, name: str) -> dict:
     for _ in range(args.split_steps):
         step(timer)
     split_total = sum(timer.seconds.values())
-    return {
+    profiled = {"profile": profile_steps(step, args.profile_steps)} if getattr(args, "profile_steps", 0) else {}
+    return {**profiled,
         "variant": name, "fast_path": fast.describe(), "images_per_s": args.batch * args.steps / elapsed,
         "step_s": elapsed / args.steps, "first_step_s": first_step_s,
         "split": {k: round(v / split_total, 4) for k, v in timer.seconds.items()} if split_total else {},  # --split-steps 0
@@ -303,6 +329,10 @@ def run(args, device: torch.device, peak_for: Callable[[str], float | None]) -> 
                 ratios = [round_[i]["images_per_s"] / round_[j]["images_per_s"] for round_ in rounds]
                 r[f"speedup_vs_{baseline}"] = round(statistics.median(ratios), 3)
                 r[f"speedup_vs_{baseline}_range"] = [round(min(ratios), 3), round(max(ratios), 3)]
+        j = variants.index("reference") if "reference" in variants else None
+        if "profile" in r and j is not None and all("error" not in round_[j] for round_ in rounds):
+            r["ceiling_vs_reference"] = round(statistics.median(
+                round_[j]["profile"]["step_s"] / round_[i]["profile"]["convolution_s"] for round_ in rounds), 3)
         results.append(r)
     return {
         "bench": "acl_step", "method": args.method + ("+ir" if args.ir else ""), "arch": args.arch, "batch": args.batch, "pgd_steps": args.pgd_steps,
@@ -331,10 +361,14 @@ def main() -> None:
     parser.add_argument("--peak-tflops", type=float, default=None,
                         help="the device's peak for the fast path's precision (required for an MFU on a CPU)")
     parser.add_argument("--out", default=None, help="also write the JSON here")
+    parser.add_argument("--profile-steps", type=int, default=0,
+                        help="CPU: profile this many more steps per variant (convolution time and the ceiling)")
     parser.add_argument("--keep-going", action="store_true", help="report a failing variant and measure the rest")
     args = parser.parse_args()
 
     device = torch.device(args.device)
+    if args.profile_steps and device.type != "cpu":
+        raise SystemExit("error: --profile-steps splits CPU time; on a GPU use --split-steps and PyTorch's profiler")
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     if args.threads:

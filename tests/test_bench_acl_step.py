@@ -1,0 +1,43 @@
+"""bench/bench_acl_step.py --profile-steps: the convolution split and the ceiling it implies are what they say."""
+
+import sys
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from conftest import REPO
+
+sys.path.insert(0, str(REPO / "bench"))
+import bench_acl_step  # noqa: E402
+
+
+@pytest.mark.parametrize("name", ["aten::mkldnn_convolution", "aten::convolution_backward",
+                                  "aten::_nnpack_spatial_convolution", "aten::_slow_conv2d_forward",
+                                  "aten::cudnn_convolution"])
+def test_convolution_kernels_count_as_convolution(name):
+    assert bench_acl_step.is_convolution(name)
+
+
+@pytest.mark.parametrize("name", ["aten::native_batch_norm", "aten::mm", "aten::threshold_backward",
+                                  "autograd::engine::evaluate_function: ConvolutionBackward0", "ConvolutionBackward0"])
+def test_other_ops_and_autograd_wrappers_do_not(name):
+    assert not bench_acl_step.is_convolution(name)
+
+
+def test_the_ceiling_is_the_reference_step_over_the_variants_convolution_time(one_torch_thread):
+    args = SimpleNamespace(arch="robust_resnet_tiny", batch=4, pgd_steps=2, method="acl", ir=False, steps=1, warmup=0,
+                           split_steps=0, rounds=1, keep_going=False, profile_steps=1, variants="reference,plain")
+    report = bench_acl_step.run(args, torch.device("cpu"), lambda precision: 1.0)
+    rows = {row["variant"]: row for row in report["results"]}
+    for row in rows.values():
+        profile = row["profile"]
+        assert 0 < profile["convolution_s"] < profile["step_s"]
+        assert profile["other_s"] == pytest.approx(profile["step_s"] - profile["convolution_s"])
+        assert profile["convolution_share"] == pytest.approx(profile["convolution_s"] / profile["step_s"], abs=1e-4)
+        expected = rows["reference"]["profile"]["step_s"] / profile["convolution_s"]
+        assert row["ceiling_vs_reference"] == pytest.approx(expected, abs=1e-3)
+    # Without profiling there is no split and no ceiling.
+    report = bench_acl_step.run(SimpleNamespace(**{**vars(args), "profile_steps": 0}), torch.device("cpu"),
+                                lambda precision: 1.0)
+    assert all("profile" not in row and "ceiling_vs_reference" not in row for row in report["results"])
