@@ -81,3 +81,26 @@ def test_the_attack_uses_running_statistics_and_leaves_every_buffer_untouched(na
     assert modes and not any(modes)  # every batch norm of every PGD step ran in eval mode
     assert all(torch.equal(v, buffers[k]) for k, v in model.named_buffers())
     assert model.training  # and the trainer's mode is back afterwards
+
+
+def test_every_point_the_attack_takes_a_gradient_at_is_an_image_near_the_clean_view(model):
+    """The random start too: its gradient is taken at clip_[0,1](x + U(-eps, eps)), not outside the pixel box."""
+    x_i, x_j = torch.rand(4, 3, 32, 32), torch.rand(4, 3, 32, 32)
+    x_i[:2], x_j[:2] = 0.0, 1.0
+    eps, seen = 8 / 255, []
+    loss = pair_loss(model)
+
+    def recording_loss(a, b):
+        seen.append((a.detach().clone(), b.detach().clone()))
+        return loss(a, b)
+
+    torch.manual_seed(3)
+    contrastive_pgd(recording_loss, x_i, x_j, eps=eps, alpha=2 / 255, steps=3)
+    torch.manual_seed(3)
+    start = (torch.stack([x_i, x_j]) + torch.empty(2, *x_i.shape).uniform_(-eps, eps)).clamp(0, 1)
+    assert len(seen) == 3
+    assert torch.equal(seen[0][0], start[0]) and torch.equal(seen[0][1], start[1])
+    for a, b in seen:
+        for clean, point in ((x_i, a), (x_j, b)):
+            assert point.min() >= 0 and point.max() <= 1
+            assert (point - clean).abs().max() <= eps + 1e-6

@@ -94,3 +94,35 @@ def test_bad_norm_and_eps_are_user_errors():
         parse_norm("l7")
     with pytest.raises(RobustHubError):
         PGDConfig(eps=-1.0)
+
+
+def test_linf_pgd_starts_uniformly_in_the_whole_ball():
+    from robust_hub.evaluation.attacks import random_init
+
+    eps = 8 / 255
+    torch.manual_seed(0)
+    delta = random_init(torch.zeros(64, 3, 32, 32), eps, "linf")
+    assert delta.abs().max() <= eps
+    # U(-eps, eps): both signs equally, spread to the ball's faces, variance eps^2 / 3.
+    assert (delta > 0).float().mean().item() == pytest.approx(0.5, abs=0.01)
+    assert delta.min() < -0.99 * eps and delta.max() > 0.99 * eps
+    assert delta.var().item() == pytest.approx(eps ** 2 / 3, rel=0.02)
+
+
+def test_trades_starts_at_x_plus_0_001_standard_normal(task):
+    """With no step (alpha 0) the one iteration returns the start: clip(x + 0.001 N(0, 1)) inside the ball."""
+    model, x, _ = task
+    x = 0.25 + 0.5 * x  # away from the box edges, so the clip does not hide the start
+    torch.manual_seed(5)
+    start = trades_attack(model, x, PGDConfig(eps=8 / 255, alpha=0.0, steps=1))
+    torch.manual_seed(5)
+    assert torch.allclose(start, x + 0.001 * torch.randn_like(x), atol=1e-7)
+
+
+def test_trades_loss_is_cross_entropy_plus_beta_times_the_per_image_kl():
+    torch.manual_seed(0)
+    clean, adv, y, beta = torch.randn(6, 10), torch.randn(6, 10), torch.randint(0, 10, (6,)), 6.0
+    p, q = clean.softmax(1), adv.softmax(1)
+    ce = -clean.log_softmax(1)[torch.arange(6), y].mean()
+    kl_per_image = (p * (p.log() - q.log())).sum(1)
+    assert trades_loss(clean, adv, y, beta).item() == pytest.approx((ce + beta * kl_per_image.mean()).item(), rel=1e-5)
