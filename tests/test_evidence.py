@@ -396,3 +396,28 @@ def test_a_content_address_is_written_once_and_never_replaced(tmp_path):
     with pytest.raises(robust_hub.errors.RobustHubError, match="does not hold what its name says"):
         _write_content_addressed(tmp_path, b"evidence bytes")
     assert target.read_bytes() == b"someone else's file" and sorted(p.name for p in tmp_path.iterdir()) == [target.name]
+
+
+def test_each_way_an_example_can_fail_to_break_its_image_is_named():
+    """invalid_examples on hand-made examples: one valid, and one for each reason it names."""
+    from robust_hub.evaluation.evidence import AdversarialSet, invalid_examples
+
+    eps = 8 / 255
+
+    class FirstPixelAbove(torch.nn.Module):  # class 1 when the first pixel is above 0.5, else class 0
+        def forward(self, x):
+            above = (x[:, 0, 0, 0] > 0.5).float()
+            return torch.stack([1 - above, above], dim=1)
+
+    x = torch.full((5, 3, 4, 4), 0.6)
+    x[1], x[4] = 1.0, 0.52
+    labels = torch.zeros(5, dtype=torch.long)
+    adv = x.clone()
+    adv[0] += eps / 2  # classified 1: breaks image 0
+    adv[1] += eps / 2  # inside the ball, above 1
+    adv[2] = float("nan")
+    adv[3] += 2 * eps
+    adv[4] = 0.5  # within eps of 0.52, classified 0, which is right
+    out = invalid_examples(FirstPixelAbove(), x, labels, AdversarialSet(torch.arange(5), adv), eps, "linf", "cpu")
+    assert out == {1: "the example leaves [0,1]", 2: "the example is not finite",
+                   3: "outside the eps-ball (16/255 > 8/255, linf)", 4: "the model classifies the example correctly"}

@@ -125,3 +125,53 @@ def test_every_protocol_setting_changes_the_finetuned_model(key):
         return torch.cat([p.detach().flatten() for p in model.parameters()])
 
     assert not torch.allclose(head(base), head(changed))
+
+
+class BatchNormBackbone(TinyBackbone):
+    """TinyBackbone with a batch norm, so the mode it runs in shows in its running statistics."""
+
+    def __init__(self):
+        super().__init__()
+        self.bn = torch.nn.BatchNorm2d(8)
+
+    def forward(self, x):
+        return torch.relu(self.fc(torch.relu(self.bn(self.conv(x))).flatten(1)))
+
+
+def test_the_protocol_defaults_are_method_mds_table():
+    attack = PGDConfig(eps=8 / 255, alpha=2 / 255, steps=10, norm="linf", random_start=True)
+    linear = {"epochs": 25, "lr": 0.01, "batch_size": 512, "milestones": (10, 20), "gamma": 0.1, "momentum": 0.9,
+              "weight_decay": 2e-4}
+    aff = {**linear, "lr": 0.1, "batch_size": 128, "milestones": (15, 20), "train_attack": attack,
+           "trades_beta": 6.0, "trades_start_noise": 0.001}
+    for name, expected in (("slf", {**linear, "train_attack": None}), ("alf", {**linear, "train_attack": attack}),
+                           ("aff", aff)):
+        cfg = dataclasses.asdict(default_protocol_config(name, "cifar10"))
+        expected = {k: dataclasses.asdict(v) if isinstance(v, PGDConfig) else v for k, v in expected.items()}
+        assert {k: cfg[k] for k in expected} == expected, name
+    assert default_protocol_config("slf", "cifar100").lr == 0.05
+
+
+@pytest.mark.parametrize("name", ["slf", "alf", "aff"])
+def test_finetuning_attacks_run_in_eval_mode_and_linear_protocols_keep_the_encoders_statistics(name, monkeypatch):
+    import robust_hub.evaluation.protocols as protocols
+
+    modes = []
+
+    def recording(attack):
+        def run(model, *args, **kwargs):
+            modes.append({m.training for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)})
+            return attack(model, *args, **kwargs)
+        return run
+
+    monkeypatch.setattr(protocols, "pgd", recording(protocols.pgd))
+    monkeypatch.setattr(protocols, "trades_attack", recording(protocols.trades_attack))
+    backbone = BatchNormBackbone()
+    before = {k: v.clone() for k, v in backbone.bn.state_dict().items()}
+    train = synthetic_split(16, "train", 0)
+    cfg = with_overrides(default_protocol_config(name, "cifar10"), {"epochs": 1, "batch_size": 8})
+    model = finetune(backbone, 32, train.images, train.labels, 10, cfg, seed=0, progress=False)
+    assert len(modes) == (0 if name == "slf" else 2) and all(m == {False} for m in modes)
+    after = model.encoder.bn.state_dict()
+    kept = all(torch.equal(before[k], after[k]) for k in before)
+    assert kept == (name != "aff")  # AFF trains the whole network, its batch norms included
