@@ -335,3 +335,33 @@ def test_a_compiled_model_selects_the_same_coreset():
         torch._dynamo.reset()
     assert torch.equal(fast.indices, plain.indices)
     assert fast.gains == pytest.approx(plain.gains, rel=1e-5)
+
+
+def test_greedy_breaks_ties_towards_the_lowest_batch_index():
+    from robust_hub.coreset.select import greedy_select
+
+    batch_grads = torch.tensor([[0.0, 1.0], [1.0, 0.0], [1.0, 0.0], [1.0, 0.0]])
+    order, gains = greedy_select(batch_grads, lambda delta: torch.tensor([1.0, 0.0]), picks=3, eta=0.02)
+    assert order == [1, 2, 3] and gains == pytest.approx([0.02] * 3)
+
+
+def test_every_point_the_rd_attack_takes_a_gradient_at_is_an_image_in_the_ball():
+    from robust_hub.coreset.objective import rd_attack
+
+    x, eps, seen = torch.rand(4, 3, 8, 8), 8 / 255, []
+    x[:2] = 0.0
+    x[2:] = 1.0
+    weight = torch.randn(3 * 8 * 8, 5)
+
+    def embed(images, route):
+        if route == "pgd":
+            seen.append(images.detach().clone())
+        return images.flatten(1) @ weight
+
+    torch.manual_seed(4)
+    rd_attack(embed, x, eps, 2 / 255, 3, "minmax_kl")
+    torch.manual_seed(4)
+    start = (x + torch.empty_like(x).uniform_(-eps, eps)).clamp(0, 1)
+    assert len(seen) == 3 and torch.equal(seen[0], start)
+    for point in seen:
+        assert point.min() >= 0 and point.max() <= 1 and (point - x).abs().max() <= eps + 1e-6
