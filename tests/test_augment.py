@@ -183,3 +183,18 @@ def test_runs_on_the_batch_device() -> None:
     again = aug(images)
     assert out.device == images.device and torch.equal(out, again)
     assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
+
+
+@pytest.mark.parametrize("strength", [1.0, 0.5])
+def test_crops_cover_down_to_1_minus_0_9_s_of_the_image(strength):
+    """RandomResizedCrop's scale is (1 - 0.9 s, 1), not torchvision's (0.08, 1): the smallest of 20,000 sampled
+    crops of a 512x512 image reaches that bound (large, so whole-pixel rounding moves it by under 0.005)."""
+    from robust_hub.data import SimCLRAugment
+
+    torch.manual_seed(0)
+    corners = SimCLRAugment(strength, size=32).pipeline.crop.forward_parameters(torch.Size([20000, 3, 512, 512]))["src"]
+    width = corners[:, 1, 0] - corners[:, 0, 0] + 1
+    height = corners[:, 2, 1] - corners[:, 1, 1] + 1
+    area = width * height / 512 ** 2
+    assert area.max() > 0.99
+    assert area.min().item() == pytest.approx(1 - 0.9 * strength, abs=0.005)
