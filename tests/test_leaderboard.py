@@ -296,6 +296,12 @@ def test_untrustworthy_scores_are_shown_flagged_and_unranked(tmp_path):
     assert verdict(record("m/x", SHA))[0]
 
 
+@pytest.mark.parametrize("pgd,aa,above", [(0.5, 0.5, False), (0.505, 0.5, True), (0.5, 0.501, True)])
+def test_any_robust_accuracy_above_clean_is_unranked(pgd, aa, above):
+    rankable, reasons = verdict(record("m/x", SHA, clean=0.5, pgd=pgd, aa=aa))
+    assert ("robust_above_clean" in reasons) == above and rankable == (not above)
+
+
 def test_tables_split_by_protocol_and_budget(tmp_path):
     store = LocalStore(tmp_path / "store")
     file_result(store, record("org/a", "1" * 40, protocol="slf"))
