@@ -149,3 +149,23 @@ def test_dynacl_resumed_mid_schedule_uses_the_right_strength_and_ends_identical(
     assert [(e, s, w) for e, s, w in used] == [(e - 1, *map(pytest.approx, dynacl_by_formula(e, 4, 2))) for e in (2, 3, 4)]
     a, b = (load_file(d / "model" / "model.safetensors") for d in (straight, resumed))
     assert all(torch.equal(a[k], b[k]) for k in a), "the resumed run left the schedule"
+
+
+@pytest.mark.parametrize("name", ["acl", "dynacl"])
+def test_the_attack_maximises_nt_xent_at_the_configured_temperature_through_the_pgd_route(name, monkeypatch):
+    from contextlib import nullcontext
+
+    from robust_hub.config import MethodConfig, RunConfig
+
+    model = robust_hub.create_backbone("robust_resnet_tiny").train()
+    routes, temperatures = [], []
+    forward = model.forward
+    monkeypatch.setattr(model, "forward", lambda x, route=None, project=False: routes.append(route) or
+                        forward(x, route=route, project=project))
+    real = methods_module.nt_xent
+    monkeypatch.setattr(methods_module, "nt_xent", lambda a, b, temperature=0.5: temperatures.append(temperature)
+                        or real(a, b, temperature=temperature))
+    method = METHODS[name](RunConfig(method=MethodConfig(name=name, temperature=0.2)))
+    method.attack(model, torch.rand(4, 3, 32, 32), torch.rand(4, 3, 32, 32), nullcontext)
+    steps = method.config.attack.steps
+    assert routes == ["pgd"] * steps and temperatures == [0.2] * steps
