@@ -50,6 +50,27 @@ def test_key_separates_threat_models(tmp_path):
     assert find_record(tmp_path, b.key) is None
 
 
+@pytest.mark.parametrize("change", [
+    lambda d: d["model"].update(id="org/other"),
+    lambda d: d["model"].update(revision="c" * 40),
+    lambda d: d["protocol"].update(name="alf"),
+    lambda d: d["dataset"].update(source="uoft-cs/cifar100"),
+    lambda d: d.update(metric_set=["clean", "pgd20"]),
+    lambda d: d["threat"].update(norm="l2", eps=0.5),
+])
+def test_every_part_of_a_results_identity_gets_its_own_record_file(change, tmp_path):
+    """A new revision (or protocol, data, metrics, threat) never finds, reuses or overwrites another's record."""
+    a = EvalRecord.from_dict(_record())
+    d = _record()
+    change(d)
+    b = EvalRecord.from_dict(d)
+    assert a.key != b.key
+    write_record(a, tmp_path)
+    assert find_record(tmp_path, b.key) is None
+    write_record(b, tmp_path)
+    assert sorted(r.key for r in load_records(tmp_path)) == sorted([a.key, b.key])
+
+
 @pytest.mark.parametrize("mutate", [
     lambda d: d.update(schema_version="2"),
     lambda d: d.pop("flags"),
