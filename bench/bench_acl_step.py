@@ -365,10 +365,14 @@ def main() -> None:
                         help="CPU: profile this many more steps per variant (convolution time and the ceiling)")
     parser.add_argument("--keep-going", action="store_true", help="report a failing variant and measure the rest")
     args = parser.parse_args()
+    for flag, least in (("steps", 1), ("rounds", 1), ("batch", 1), ("warmup", 0), ("split_steps", 0),
+                        ("profile_steps", 0), ("pgd_steps", 0)):
+        if getattr(args, flag) < least:
+            parser.exit(2, f"error: --{flag.replace('_', '-')} must be at least {least}, got {getattr(args, flag)}\n")
 
     device = torch.device(args.device)
     if args.profile_steps and device.type != "cpu":
-        raise SystemExit("error: --profile-steps splits CPU time; on a GPU use --split-steps and PyTorch's profiler")
+        parser.exit(2, "error: --profile-steps splits CPU time; on a GPU use --split-steps and PyTorch's profiler\n")
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     if args.threads:

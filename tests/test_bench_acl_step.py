@@ -41,3 +41,19 @@ def test_the_ceiling_is_the_reference_step_over_the_variants_convolution_time(on
     report = bench_acl_step.run(SimpleNamespace(**{**vars(args), "profile_steps": 0}), torch.device("cpu"),
                                 lambda precision: 1.0)
     assert all("profile" not in row and "ceiling_vs_reference" not in row for row in report["results"])
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--profile-steps", "-1"], "error: --profile-steps must be at least 0, got -1"),
+    (["--steps", "0"], "error: --steps must be at least 1, got 0"),
+    (["--device", "cuda", "--profile-steps", "1"], "error: --profile-steps splits CPU time"),
+])
+def test_bad_counts_and_a_gpu_profile_are_one_error_line_before_any_work(argv, message, tmp_path):
+    import subprocess
+
+    out = tmp_path / "bench.json"
+    done = subprocess.run([sys.executable, str(REPO / "bench" / "bench_acl_step.py"), *argv, "--out", str(out)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.strip().startswith(message) and len(done.stderr.strip().splitlines()) == 1
+    assert not out.exists()
