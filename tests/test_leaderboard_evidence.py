@@ -235,3 +235,27 @@ def test_build_fetches_evidence_from_either_store_as_plain_files(store, tmp_path
     assert rows["org/a"].evidence.state == "verified"
     assert seen == {rec["evidence"]["classifier"]["path"]: (False, b"head bytes"),
                     rec["evidence"]["metrics"]["pgd20"]["path"]: (False, b"example bytes")}
+
+
+def test_a_request_without_a_local_directory_hashes_nothing(tmp_path, monkeypatch):
+    """Not the working directory: a local revision whose request names no directory has no content to key by."""
+    from types import SimpleNamespace
+
+    import robust_hub.evaluation.loading as loading
+
+    hashed = []
+    monkeypatch.setattr(loading, "sha256_directory", lambda path: hashed.append(path) or "h")
+    result = SimpleNamespace(request_id="r1", record={"model": {"revision": "local-sha256:" + "0" * 64}})
+    check = EvidenceChecker(LocalStore(tmp_path / "store"), {"r1": SimpleNamespace(event={})},
+                            cache_dir=tmp_path / "cache")
+    assert check._local_content(result) == "" and hashed == []
+    check.requests["r1"] = SimpleNamespace(event={"local_dir": str(tmp_path / "model")})
+    assert check._local_content(result) == "h" and hashed == [tmp_path / "model"]
+
+
+def test_a_file_where_a_store_folder_should_be_is_not_in_the_store(tmp_path):
+    store = LocalStore(tmp_path / "store")
+    (tmp_path / "store").mkdir()
+    (tmp_path / "store" / "evidence").write_text("not a folder")
+    with pytest.raises(RobustHubError, match="evidence/a.safetensors is not in the store"):
+        store.local_path("evidence/a.safetensors")

@@ -178,23 +178,16 @@ def _evidence_dir(out: Path) -> Path:
 
 def _write_content_addressed(directory: Path, data: bytes) -> dict:
     """``directory/<sha256>.safetensors``, never replacing a file; an identical one already there is kept."""
+    from robust_hub.evaluation.loading import sha256_file
+
     sha = hashlib.sha256(data).hexdigest()
     path = directory / f"{sha}.safetensors"
-    refuse_link(path)
-    if not path.exists():
-        write_bytes_exclusive(path, data)  # False: written meanwhile, and checked below like any existing file
-    if _sha256_of(path) != sha:
-        raise RobustHubError(f"{path} exists but does not hold what its name says; robust-hub did not write it "
-                             "(move it away)")
+    if not write_bytes_exclusive(path, data):  # already there: kept only when it holds these bytes
+        refuse_link(path)
+        if sha256_file(path) != sha:
+            raise RobustHubError(f"{path} exists but does not hold what its name says; robust-hub did not write it "
+                                 "(move it away)")
     return {"path": f"{EVIDENCE_DIR}/{path.name}", "sha256": sha, "bytes": len(data)}
-
-
-def _sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # ----------------------------------------------------------------------------------------- reading (untrusted)

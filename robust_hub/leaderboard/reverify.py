@@ -126,12 +126,12 @@ class EvidenceChecker:
     def _local_content(self, result: VerifiedResult) -> str:
         """The current sha256 of a local directory's files (a Hub commit cannot change; a directory can)."""
         request = self.requests.get(result.request_id)
-        if not is_local(result.record["model"]["revision"]) or request is None:
+        if not is_local(result.record["model"]["revision"]) or request is None or "local_dir" not in request.event:
             return ""
         from robust_hub.evaluation.loading import sha256_directory
 
         try:
-            return sha256_directory(Path(request.event.get("local_dir", "")))
+            return sha256_directory(Path(request.event["local_dir"]))
         except (OSError, RobustHubError):  # gone: verifying says so, and nothing cached matches
             return ""
 

@@ -76,7 +76,7 @@ class LocalStore:
             target = target / part
             try:
                 mode = os.lstat(target).st_mode
-            except FileNotFoundError:
+            except (FileNotFoundError, NotADirectoryError):  # absent, or a file where a folder should be
                 raise RobustHubError(f"{path} is not in the store {self.location}") from None
             if stat.S_ISLNK(mode):
                 raise RobustHubError(f"{path} in the store {self.location} goes through a link; links are not followed")
