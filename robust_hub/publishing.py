@@ -26,7 +26,7 @@ from pathlib import Path
 
 from robust_hub.errors import RobustHubError
 from robust_hub.evaluation.loading import sha256_file
-from robust_hub.evaluation.records import EvalRecord, load_records
+from robust_hub.evaluation.records import EvalRecord, evidence_files, load_records
 from robust_hub.model_card import (TRAINING_PLOTS, CardInputs, Published, eval_results_yaml, plots_beside,
                                    public_name, render)
 
@@ -83,11 +83,6 @@ def collect_results(model_dir: Path, repo_id: str, sources: list[str],
     return local, leaderboard, refused
 
 
-def _evidence_entries(record: dict) -> list[dict]:
-    ev = record.get("evidence") or {}
-    return [e for e in [ev.get("classifier"), *(ev.get("metrics") or {}).values()] if e and "omitted" not in e]
-
-
 def evidence_to_upload(sources: list[str], local: list[dict], leaderboard: list[dict]) -> dict[str, Path | bytes]:
     """The evidence of the published records (path in the record -> its file or bytes), each checked against the
     sha256 its record names: a push uploads them beside the records, at the paths the records name. A local
@@ -97,7 +92,7 @@ def evidence_to_upload(sources: list[str], local: list[dict], leaderboard: list[
 
     files: dict[str, Path | bytes] = {}
     stores = [open_store(s) for s in sources if is_store(s)]
-    for entry in (e for published in leaderboard for e in _evidence_entries(published["record"])):
+    for entry in (e for published in leaderboard for e in evidence_files(published["record"])):
         found = [data for data in map(lambda store: _stored(store, entry["path"]), stores)
                  if data is not None and hashlib.sha256(data).hexdigest() == entry["sha256"]]
         if not found:
@@ -107,7 +102,7 @@ def evidence_to_upload(sources: list[str], local: list[dict], leaderboard: list[
     for source in (s for s in sources if not is_store(s)):
         here = [r.to_dict() for r in load_records(source)]
         for record in (r for r in here if r in local):
-            for entry in _evidence_entries(record):
+            for entry in evidence_files(record):
                 path = Path(source) / entry["path"]
                 if (Path(source) / EVIDENCE_DIR).is_symlink() or path.is_symlink() or not path.is_file() \
                         or sha256_file(path) != entry["sha256"]:

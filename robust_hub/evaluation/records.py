@@ -138,6 +138,14 @@ DEFAULT_MAX_BYTES = 256 * 2**20
 EVIDENCE_PATH = re.compile(r"evidence/[0-9a-f]{64}\.safetensors")
 
 
+def evidence_files(record: dict) -> list:
+    """The files a record's evidence section names: its classifier and each metric's examples not omitted."""
+    ev = record.get("evidence") or {}
+    if not ev:
+        return []
+    return [ev.get("classifier"), *(e for e in ev["metrics"].values() if "omitted" not in e)]
+
+
 def _validate_evidence(ev: Any) -> None:
     """Only the shape of the section; evidence.verify_record checks what the files hold."""
     _check(isinstance(ev, dict), "evidence must be an object")
@@ -145,8 +153,7 @@ def _validate_evidence(ev: Any) -> None:
         return
     _check(isinstance(ev.get("metrics"), dict) and isinstance(ev.get("max_bytes"), int)
            and all(isinstance(e, dict) for e in ev["metrics"].values()), "evidence must have metrics and max_bytes")
-    files = [ev.get("classifier")] + [e for e in ev["metrics"].values() if "omitted" not in e]
-    for entry in files:
+    for entry in evidence_files({"evidence": ev}):
         _check(isinstance(entry, dict) and isinstance(entry.get("path"), str)
                and EVIDENCE_PATH.fullmatch(entry["path"]) is not None
                and entry["path"] == f"evidence/{entry.get('sha256')}.safetensors"

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from robust_hub.errors import RobustHubError
+from robust_hub.evaluation.records import evidence_files
 from robust_hub.leaderboard.requests import Request, is_local
 from robust_hub.leaderboard.results import VerifiedResult
 from robust_hub.leaderboard.store import LocalStore, Store
@@ -28,15 +29,6 @@ log = logging.getLogger(__name__)
 # Bump when what a verification checks changes: cached verdicts of the old checks are then redone.
 CHECK_VERSION = "reverify-v1"
 SHOWN_IMAGES = 10
-
-
-def evidence_files(record: dict) -> list[dict]:
-    """The files a record's evidence section names (the classifier and each metric's examples not omitted)."""
-    evidence = record.get("evidence") or {}
-    if not evidence:
-        return []
-    entries = [e for e in evidence["metrics"].values() if "omitted" not in e]
-    return [evidence["classifier"], *entries]
 
 
 def store_evidence(store: Store, out_dir: Path, record: dict, result_file: str) -> None:
