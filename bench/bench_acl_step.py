@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import time
@@ -344,6 +345,17 @@ def run(args, device: torch.device, peak_for: Callable[[str], float | None]) -> 
     }
 
 
+def replaceable_report(path: str) -> bool:
+    """``--out`` may be written: nothing is there, or an earlier report of this bench (never a file of someone else's)."""
+    if not os.path.lexists(path):
+        return True
+    try:
+        with open(path, encoding="utf-8") as f:
+            return not os.path.islink(path) and json.load(f).get("bench") == "acl_step"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arch", default="robust_resnet18")
@@ -370,6 +382,8 @@ def main() -> None:
         if getattr(args, flag) < least:
             parser.exit(2, f"error: --{flag.replace('_', '-')} must be at least {least}, got {getattr(args, flag)}\n")
 
+    if args.out and not replaceable_report(args.out):
+        parser.exit(2, f"error: --out {args.out} exists and is not a report of this bench; it is left as it is\n")
     device = torch.device(args.device)
     if args.profile_steps and device.type != "cpu":
         parser.exit(2, "error: --profile-steps splits CPU time; on a GPU use --split-steps and PyTorch's profiler\n")

@@ -57,3 +57,25 @@ def test_bad_counts_and_a_gpu_profile_are_one_error_line_before_any_work(argv, m
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr.strip().startswith(message) and len(done.stderr.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_out_replaces_only_an_earlier_report_of_this_bench(tmp_path):
+    import json
+
+    mine = tmp_path / "notes.json"
+    mine.write_text('{"my": "notes"}')
+    (tmp_path / "text.json").write_text("not json")
+    (tmp_path / "old.json").write_text(json.dumps({"bench": "acl_step", "results": []}))
+    (tmp_path / "link.json").symlink_to(tmp_path / "old.json")
+    assert not bench_acl_step.replaceable_report(str(mine))
+    assert not bench_acl_step.replaceable_report(str(tmp_path / "text.json"))
+    assert not bench_acl_step.replaceable_report(str(tmp_path / "link.json"))
+    assert bench_acl_step.replaceable_report(str(tmp_path / "old.json"))
+    assert bench_acl_step.replaceable_report(str(tmp_path / "new.json"))
+    import subprocess
+
+    done = subprocess.run([sys.executable, str(REPO / "bench" / "bench_acl_step.py"), "--out", str(mine)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stderr.strip() == (
+        f"error: --out {mine} exists and is not a report of this bench; it is left as it is")
+    assert mine.read_text() == '{"my": "notes"}'
