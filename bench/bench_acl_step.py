@@ -216,7 +216,8 @@ class PhaseTimer:
 
 
 def is_convolution(op_name: str) -> bool:
-    """A convolution kernel's aten op (forward or backward, any backend), not the autograd wrappers around it."""
+    """A convolution's aten op, forward or backward, any backend: the kernel and the aten dispatch ops above it
+    (``aten::conv2d``, ``aten::convolution``, whose self time is only their dispatch), not autograd's nodes."""
     return op_name.startswith("aten::") and "conv" in op_name
 
 
